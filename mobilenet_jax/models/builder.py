@@ -1,0 +1,185 @@
+"""One generic builder: a resolved architecture table (`NetworkSpec`) in, a Flax network out.
+
+Each MobileNet file (`mobilenet_v1.py`, `mobilenet_v2.py`, `mobilenet_v3.py`) writes its paper's table
+as data and turns it into a `NetworkSpec` with concrete channel counts for a width multiplier;
+`MobileNet.__call__` below is the only place that turns specs into modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from mobilenet_jax.models.blocks import DepthwiseSeparable, InvertedResidual
+from mobilenet_jax.models.layers import (ACTIVATIONS, PADDING_MODES, Activation, Array, ConvNormAct,
+                                         ModuleDef, bind_norm, classifier_kernel_init,
+                                         global_average_pool, resolve_depthwise_impl)
+
+MIN_RESOLUTION = 32
+FEATURE_STRIDES = (4, 8, 16, 32)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """One layer of a network with concrete widths.
+
+  kind: "conv" (standard kxk conv + BN + act: the stem, or a V1 layer in full-convolution form),
+        "separable" (V1 depthwise separable block), "inverted_residual" (V2/V3 block).
+  """
+  kind: str
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  activation: str = "relu6"
+  expanded_features: Optional[int] = None
+  se_features: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+  """A whole network: stem, blocks, optional last 1x1 conv, optional hidden head layer.
+
+  head_features > 0 adds V3's pooled 1x1 conv with bias and no norm (V3 paper section 5.2, Figure 5);
+  it is a Dense layer on the pooled vector.
+  """
+  stem: LayerSpec
+  blocks: tuple[LayerSpec, ...]
+  last_conv: Optional[LayerSpec] = None
+  head_features: int = 0
+  head_activation: str = "hard_swish"
+  default_dropout: float = 0.2
+
+  @property
+  def layers(self) -> tuple[LayerSpec, ...]:
+    return (self.stem, *self.blocks, *((self.last_conv,) if self.last_conv else ()))
+
+
+def check_positive(name: str, value: float) -> None:
+  if not value > 0:
+    raise ValueError(f"{name} must be > 0, got {value!r}; the papers use values such as 1.0, 0.75, "
+                     "0.5 or 0.35")
+
+
+class MobileNet(nn.Module):
+  """Base class of every MobileNet: the options common to all of them and the generic builder.
+
+  Subclasses define `network_spec()`. Call with `(images, train=False)` on NHWC images of any size
+  from 32x32 up (global pooling: the resolution multiplier rho is just the input size).
+
+  Returns logits `[N, num_classes]`; pooled features `[N, C]` when `num_classes=0`; and with
+  `features=True` a dict `{4: ..., 8: ..., 16: ..., 32: ...}` of the feature maps at those strides
+  (the output of the last layer at each stride, as timm's `features_only`), for detection and
+  segmentation heads.
+  """
+  num_classes: int = 1000
+  dropout_rate: Optional[float] = None   # None: the network's usual rate (NetworkSpec.default_dropout)
+  drop_path_rate: float = 0.0            # stochastic depth, linear in the block index (timm rule)
+  dtype: Optional[jnp.dtype] = None      # compute dtype, e.g. jnp.bfloat16
+  param_dtype: jnp.dtype = jnp.float32
+  bn_momentum: float = 0.99              # Flax convention: decay of the running average (TF 0.99)
+  bn_epsilon: float = 1e-3               # TF/Keras; torchvision V2 and timm non-tf weights use 1e-5
+  padding: str = "same"                  # "same" (TF/Keras weights) or "symmetric" (PyTorch weights)
+  depthwise_impl: str = "auto"           # see layers.resolve_depthwise_impl
+  norm_layer: Optional[ModuleDef] = None  # replaces BatchNorm: a factory such as partial(nn.GroupNorm, 8)
+  activation: Optional[Activation] = None  # replaces every activation of the table when set
+
+  def network_spec(self) -> NetworkSpec:
+    raise NotImplementedError
+
+  def validate(self) -> None:
+    """Raises ValueError on options no network can be built from (called before any tracing)."""
+    if self.num_classes < 0:
+      raise ValueError(f"num_classes must be >= 0 (0 = headless), got {self.num_classes}")
+    if self.padding not in PADDING_MODES:
+      raise ValueError(f"padding must be one of {PADDING_MODES}, got {self.padding!r}")
+    resolve_depthwise_impl(self.depthwise_impl)
+    rate = self.dropout_rate
+    if rate is not None and not 0 <= rate < 1:
+      raise ValueError(f"dropout_rate must be in [0, 1), got {rate}")
+    if not 0 <= self.drop_path_rate < 1:
+      raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+    self.network_spec()
+
+  def _act(self, name: str) -> Activation:
+    return self.activation or ACTIVATIONS[name]
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False, features: bool = False
+               ) -> Union[Array, dict[int, Array]]:
+    if x.ndim != 4:
+      raise ValueError(f"expected NHWC images [batch, height, width, channels], got shape {x.shape}")
+    if min(x.shape[1], x.shape[2]) < MIN_RESOLUTION:
+      raise ValueError(f"images must be at least {MIN_RESOLUTION}x{MIN_RESOLUTION} (five stride-2 "
+                       f"layers), got {x.shape[1]}x{x.shape[2]}; resize or pad them first")
+    self.validate()
+    spec = self.network_spec()
+    norm = self.norm_layer or functools.partial(
+        nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+        param_dtype=self.param_dtype)
+    norm = bind_norm(norm, train)
+    common = dict(norm=norm, padding=self.padding, dtype=self.dtype, param_dtype=self.param_dtype)
+    unit = functools.partial(ConvNormAct, depthwise_impl=self.depthwise_impl, **common)
+
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+    x = unit(spec.stem.features, spec.stem.kernel_size, spec.stem.stride,
+             activation=self._act(spec.stem.activation), name="stem")(x)
+    stride = spec.stem.stride
+    feature_maps = {stride: x}
+    num_blocks = len(spec.blocks)
+    for i, layer in enumerate(spec.blocks):
+      name = f"blocks_{i}"
+      if layer.kind == "conv":
+        x = unit(layer.features, layer.kernel_size, layer.stride,
+                 activation=self._act(layer.activation), name=name)(x)
+      elif layer.kind == "separable":
+        x = DepthwiseSeparable(layer.features, layer.kernel_size, layer.stride,
+                               activation=self._act(layer.activation),
+                               depthwise_impl=self.depthwise_impl, name=name, **common)(x, train)
+      elif layer.kind == "inverted_residual":
+        x = InvertedResidual(
+            layer.features, expanded_features=layer.expanded_features,
+            kernel_size=layer.kernel_size, strides=layer.stride,
+            use_se=layer.se_features is not None, se_features=layer.se_features,
+            activation=self._act(layer.activation),
+            drop_path_rate=self.drop_path_rate * i / num_blocks,
+            depthwise_impl=self.depthwise_impl, name=name, **common)(x, train)
+      else:
+        raise ValueError(f"unknown layer kind {layer.kind!r}")
+      stride *= layer.stride
+      feature_maps[stride] = x
+    if spec.last_conv is not None:
+      last = spec.last_conv
+      x = unit(last.features, last.kernel_size, last.stride,
+               activation=self._act(last.activation), name="last_conv")(x)
+      feature_maps[stride] = x
+    if features:
+      return {s: feature_maps[s] for s in FEATURE_STRIDES}
+
+    x = global_average_pool(x)
+    if spec.head_features:
+      x = nn.Dense(spec.head_features, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name="head")(x)
+      x = self._act(spec.head_activation)(x)
+    if self.num_classes == 0:
+      return x
+    rate = spec.default_dropout if self.dropout_rate is None else self.dropout_rate
+    x = nn.Dropout(rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=classifier_kernel_init, name="classifier")(x)
+
+  def feature_channels(self) -> dict[int, int]:
+    """Channel count of each map returned by `features=True`, without running the network."""
+    spec = self.network_spec()
+    channels, stride = {spec.stem.stride: spec.stem.features}, spec.stem.stride
+    for layer in spec.blocks:
+      stride *= layer.stride
+      channels[stride] = layer.features
+    if spec.last_conv is not None:
+      channels[stride] = spec.last_conv.features
+    return {s: channels[s] for s in FEATURE_STRIDES}
