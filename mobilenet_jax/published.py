@@ -26,6 +26,7 @@ class Published:
   params: Optional[int] = None  # exact reference count (Keras applications, trainable)
   printed: str = "round"       # how the source printed `madds`: "round" or "floor" to whole millions
   discrepancy: str = ""        # why the published figure disagrees with the released architecture
+  note: str = ""               # other sources that print something else
 
   def consistent(self, madds_millions: float, tolerance: float = 0.01) -> bool:
     """Within `tolerance` of the published figure, or equal to it at the precision it was printed."""
@@ -84,7 +85,7 @@ V3_TABLE: tuple[Published, ...] = (
     Published("mobilenet_v3_large", 0.75, 224, 155, V3_PAPER, 3_993_528),
     Published("mobilenet_v3_large_minimal", 1.0, 224, 209, "TF-slim README", 3_924_288),
     Published("mobilenet_v3_small", 1.0, 224, 56, "V3 paper Table 3", 2_542_856,
-              discrepancy="the TF-slim README and Keras docstring print 66M (and 2.9M params), figures "
+              note="the TF-slim README and Keras docstring print 66M (and 2.9M params), figures "
                           "of an earlier paper revision; the released checkpoint has 2.54M params"),
     Published("mobilenet_v3_small", 0.75, 224, 44, V3_PAPER, 2_041_872,
               discrepancy="1.4% above the released architecture (whose 2,041,872 params match Keras "
@@ -101,7 +102,8 @@ V1_SEPARABLE = {"madds": 569, "params_millions": 4.2}
 
 # V1 paper Table 2: share of multiply-adds and parameters per layer type (%).
 # The paper prints 1.19% of MAdds for the first (standard 3x3) convolution; the other three shares
-# sum to 98.09%, which leaves 1.91%: the printed figure has its digits swapped.
+# sum to 98.10%, which leaves 1.90% (rounding), and our count gives 1.91%: the printed figure has its
+# digits swapped.
 V1_LAYER_TYPES = {
     "conv_1x1": {"madds_pct": 94.86, "params_pct": 74.59},
     "depthwise": {"madds_pct": 3.06, "params_pct": 1.06},
