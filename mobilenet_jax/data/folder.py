@@ -21,7 +21,8 @@ from mobilenet_jax.data import sources
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 EVAL_SPLIT_NAMES = ("val", "validation", "test")
-BAD_IMAGE_MARKER = "BadImageError"
+BAD_IMAGE_ADVICE = "Re-save it as an RGB JPEG/PNG or delete it."
+BAD_IMAGE_MARKER = "cannot read image file "  # Finds our message inside TensorFlow errors.
 
 
 class BadImageError(ValueError):
@@ -38,8 +39,7 @@ def decode_image_file(path: str | bytes) -> np.ndarray:
       image.load()  # Decodes now: truncated/corrupt files raise here, not later.
       return to_rgb(image)
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise BadImageError(f"{BAD_IMAGE_MARKER}: cannot read image file {path}: {e}. Re-save it as an "
-                        "RGB JPEG/PNG or delete it.") from None
+    raise BadImageError(f"{BAD_IMAGE_MARKER}{path}: {e}. {BAD_IMAGE_ADVICE}") from None
 
 
 def to_rgb(image) -> np.ndarray:

@@ -102,8 +102,9 @@ def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
       return
     except tf.errors.OpError as e:
       if folder.BAD_IMAGE_MARKER in e.message:
-        message = e.message[e.message.index(folder.BAD_IMAGE_MARKER) + len(folder.BAD_IMAGE_MARKER) + 2:]
-        raise folder.BadImageError(message.split("\n")[0].split("\t")[0]) from None
+        start = e.message.index(folder.BAD_IMAGE_MARKER)
+        end = e.message.index(folder.BAD_IMAGE_ADVICE, start) + len(folder.BAD_IMAGE_ADVICE)
+        raise folder.BadImageError(e.message[start:end]) from None
       raise
     yield batch
 

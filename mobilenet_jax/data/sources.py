@@ -135,7 +135,7 @@ def _prepare_lock(data_dir: str, name: str):
 
 
 def _unknown_dataset_error(name: str) -> ValueError:
-  known = tfds.list_builders(with_community_datasets=False)
+  known = sorted(set(tfds.list_builders(with_community_datasets=False)))
   close = difflib.get_close_matches(name, known + ["digits", "folder"], n=5, cutoff=0.6)
   hint = f" Did you mean {', '.join(close)}?" if close else ""
   return ValueError(
