@@ -21,14 +21,15 @@ RESOLUTION = 32
 IMAGENET_RANGE = ((0 - 0.485) / 0.229, (1 - 0.406) / 0.225)  # normalised 0..255 pixels
 
 
-def _write_imagenet_metadata(data_dir: str) -> None:
-  builder = tfds.builder("imagenet2012", data_dir=data_dir)
-  template = tfds.core.ShardedFileTemplate(data_dir=builder.data_dir, dataset_name="imagenet2012",
+def _write_metadata(name: str, data_dir: str, split_sizes: dict[str, int]) -> None:
+  """What `tfds.testing.mock_data` needs to know the splits: dataset_info.json with one shard per split."""
+  builder = tfds.builder(name, data_dir=data_dir)
+  template = tfds.core.ShardedFileTemplate(data_dir=builder.data_dir, dataset_name=name,
                                            filetype_suffix="tfrecord", split="train")
   builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=name, shard_lengths=[size], num_bytes=0,
-                          filename_template=template.replace(split=name))
-      for name, size in SPLIT_SIZES.items()]))
+      tfds.core.SplitInfo(name=split, shard_lengths=[size], num_bytes=0,
+                          filename_template=template.replace(split=split))
+      for split, size in split_sizes.items()]))
   os.makedirs(builder.data_dir, exist_ok=True)
   builder.info.write_to_directory(builder.data_dir)
 
@@ -53,7 +54,7 @@ def _fake_imagenet_as_dataset(self, split, decoders=None, read_config=None, shuf
 @pytest.fixture(scope="module")
 def imagenet_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  _write_imagenet_metadata(data_dir)
+  _write_metadata("imagenet2012", data_dir, SPLIT_SIZES)
   return data_dir
 
 
@@ -167,6 +168,35 @@ def test_normalizations(name, expected):
   out = preprocess.normalize(tf.constant([[0.0] * 3, [255.0] * 3]), name).numpy()
   np.testing.assert_allclose(out[0].min(), expected[0], rtol=1e-6)
   np.testing.assert_allclose(out[1].max(), expected[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,image_key,label_key,num_classes,augment", [
+    ("cifar10", "image", "label", 10, "inception_crop_flip"),
+    ("oxford_iiit_pet", "image", "label", 37, "inception_crop_flip"),  # also has a mask Image feature
+    ("smallnorb", "image", "label_category", 5, "inception_crop_flip"),  # several ClassLabels
+    ("mnist", "image", "label", 10, "pad_crop"),  # digits are never flipped
+])
+def test_any_tfds_dataset_keys_from_builder_info(tmp_path, name, image_key, label_key, num_classes,
+                                                 augment):
+  source = sources.TfdsSource(tfds.builder(name, data_dir=str(tmp_path)))
+  assert (source.image_key, source.label_key, source.num_classes, source.default_augment) == (
+      image_key, label_key, num_classes, augment)
+
+
+def test_non_classification_dataset_is_refused(tmp_path):
+  with pytest.raises(ValueError, match="not an image-classification dataset"):
+    sources.TfdsSource(tfds.builder("coco", data_dir=str(tmp_path)))
+
+
+def test_cifar10_by_name_under_mock(tmp_path):
+  _write_metadata("cifar10", str(tmp_path), {"train": 50_000, "test": 10_000})
+  config = ml_collections.ConfigDict({"dataset": data.default_dataset_config(), "resolution": 24})
+  config.dataset.update(name="cifar10", data_dir=str(tmp_path), augment="pad_crop_flip")
+  with tfds.testing.mock_data(num_examples=20, data_dir=str(tmp_path)):
+    assert data.dataset_info(config) == data.DatasetInfo("cifar10", 10, 50_000, 10_000)
+    batch = next(data.create_train_iterator(config, local_batch_size=8, seed=0, process_index=0,
+                                            process_count=1))
+  assert batch["image"].shape == (8, 24, 24, 3) and np.isfinite(batch["image"]).all()
 
 
 def test_imagenet_without_manual_files_says_where_to_put_them(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
-# What `augment="auto"` and `eval_crop="auto"` mean for each kind of dataset (see `pipeline.py`).
-AUGMENTATIONS = ("auto", "inception_crop_flip", "inception_crop", "pad_crop", "none")
+# Accepted values (validated by `dataset_info`; what "auto" means depends on the dataset, see sources.py).
+AUGMENTATIONS = ("auto", "inception_crop_flip", "inception_crop", "pad_crop_flip", "pad_crop", "none")
 NORMALIZATIONS = ("imagenet", "inception", "unit")
 RESIZE_METHODS = ("bilinear", "bicubic", "nearest", "area", "lanczos3", "lanczos5", "gaussian",
                   "mitchellcubic")
@@ -29,7 +29,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     augment: "auto" (natural images: "inception_crop_flip"; small images of digits: "pad_crop"),
       "inception_crop_flip" (random-resized crop, area 0.08-1, aspect 3/4-4/3, + horizontal flip),
       "inception_crop" (same without flip), "pad_crop" (pad `pad_pixels`, random crop back: translations
-      only, no flips), "none".
+      only, no flips), "pad_crop_flip" (+ horizontal flip: the CIFAR recipe), "none".
     pad_pixels: padding of "pad_crop", in pixels of the stored image.
     shuffle_buffer: examples in the train shuffle buffer (per host), capped at the host's split size.
     cache: keep the encoded examples in memory after the first epoch (small datasets; ImageNet needs

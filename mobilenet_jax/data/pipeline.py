@@ -24,6 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mobilenet_jax.data import folder, preprocess, sources
+from mobilenet_jax.data.config import AUGMENTATIONS, NORMALIZATIONS, RESIZE_METHODS
 from mobilenet_jax.data.info import DatasetInfo
 
 # The pipeline only feeds the accelerator: keep TensorFlow off GPUs/TPUs (flax examples do the same).
@@ -63,12 +64,16 @@ def dataset_info(config) -> DatasetInfo:
   Raises a clear error for an unknown dataset name, a dataset that needs a manual download (ImageNet), a
   bad split or a bad image folder: call it before compiling anything.
   """
+  dc = config.dataset
+  if not isinstance(config.get("resolution"), int) or config.resolution < 1:
+    raise ValueError(f"config.resolution={config.get('resolution')!r} must be a positive int (pixels).")
+  if dc.get("augment", "auto") not in AUGMENTATIONS:
+    raise ValueError(f"config.dataset.augment={dc.augment!r}: use one of {AUGMENTATIONS}.")
+  if dc.get("normalization", "imagenet") not in NORMALIZATIONS:
+    raise ValueError(f"config.dataset.normalization={dc.normalization!r}: use one of {NORMALIZATIONS}.")
+  if dc.get("resize_method", "bilinear") not in RESIZE_METHODS:
+    raise ValueError(f"config.dataset.resize_method={dc.resize_method!r}: use one of {RESIZE_METHODS}.")
   source = _source(config)
-  _augment_check = _augment(config, source)
-  if _augment_check not in ("inception_crop_flip", "inception_crop", "pad_crop", "none"):
-    raise ValueError(f"config.dataset.augment={_augment_check!r}: use 'auto', 'inception_crop_flip', "
-                     "'inception_crop', 'pad_crop' or 'none'.")
-  preprocess.normalize(tf.zeros([3]), config.dataset.get("normalization", "imagenet"))  # Validates.
   return DatasetInfo(name=source.name, num_classes=source.num_classes,
                      num_train_examples=source.num_examples(config.dataset.train_split),
                      num_eval_examples=source.num_examples(_eval_split(config, source)))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from mobilenet_jax.data.config import AUGMENTATIONS, NORMALIZATIONS
+
 # torchvision / timm ImageNet statistics (RGB, on the 0..1 scale).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,26 +109,27 @@ def normalize(image: tf.Tensor, normalization: str) -> tf.Tensor:
     return image / 127.5 - 1.0
   if normalization == "unit":
     return image / 255.0
-  raise ValueError(f"config.dataset.normalization={normalization!r}: use 'imagenet', 'inception' or 'unit'.")
+  raise ValueError(f"config.dataset.normalization={normalization!r}: use one of {NORMALIZATIONS}.")
 
 
 def train_image(image: tf.Tensor, seed: tf.Tensor, *, augment: str, resolution: int, method: str,
                 antialias: bool, pad_pixels: int, normalization: str) -> tf.Tensor:
-  """One training image: `augment` in inception_crop_flip | inception_crop | pad_crop | none."""
+  """One training image: `augment` in inception_crop_flip | inception_crop | pad_crop_flip | pad_crop | none."""
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
   if augment in ("inception_crop_flip", "inception_crop"):
     window = inception_crop_window(image_shape(image), crop_seed)
     image = resize(decode_and_crop(image, window), resolution, method, antialias)
     if augment == "inception_crop_flip":
       image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  elif augment == "pad_crop":
+  elif augment in ("pad_crop_flip", "pad_crop"):
     image = pad_and_random_crop(decode(image), pad_pixels, crop_seed)
     image = resize(image, resolution, method, antialias)
+    if augment == "pad_crop_flip":
+      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   elif augment == "none":
     image = resize(decode(image), resolution, method, antialias)
   else:
-    raise ValueError(f"config.dataset.augment={augment!r}: use 'auto', 'inception_crop_flip', "
-                     "'inception_crop', 'pad_crop' or 'none'.")
+    raise ValueError(f"config.dataset.augment={augment!r}: use one of {AUGMENTATIONS}.")
   return normalize(image, normalization)
 
 
