@@ -219,14 +219,16 @@ def test_unknown_dataset_name(tmp_path, name):
   assert "'digits'" in str(error.value) and "'folder'" in str(error.value)
 
 
-def test_bad_options_fail_before_training(tmp_path):
-  config = ml_collections.ConfigDict({"dataset": data.default_dataset_config(), "resolution": 32})
-  config.dataset.update(data_dir=str(tmp_path), augment="mixup")
-  with pytest.raises(ValueError, match="config.dataset.augment"):
-    data.dataset_info(config)
-  config.dataset.update(augment="auto", normalization="zscore")
-  with pytest.raises(ValueError, match="config.dataset.normalization"):
-    data.dataset_info(config)
-  config.dataset.update(normalization="unit", train_split="training")
+def test_bad_options_fail_before_training(imagenet):
+  config = ml_collections.ConfigDict(imagenet.to_dict())
+  for field, value in (("augment", "mixup"), ("normalization", "zscore"), ("resize_method", "cubic")):
+    bad = ml_collections.ConfigDict(config.to_dict())
+    bad.dataset[field] = value
+    with pytest.raises(ValueError, match=f"config.dataset.{field}"):
+      data.dataset_info(bad)
+  config.dataset.train_split = "training"
   with pytest.raises(ValueError, match="bad split 'training'"):
+    data.dataset_info(config)
+  config.dataset.train_split, config.resolution = "train", 0
+  with pytest.raises(ValueError, match="config.resolution"):
     data.dataset_info(config)

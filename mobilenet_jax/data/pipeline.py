@@ -32,6 +32,7 @@ tf.config.set_visible_devices([], "GPU")
 
 _NUM_EPOCHS_MAX = 2**40  # "infinite": the train stream never ends.
 _LARGE_CACHE = 300_000  # examples; caching more is probably a mistake (RAM), so warn.
+_DECODED_CACHE_BYTES = 2 * 2**30  # small fixed-shape datasets are cached decoded
 
 
 def _source(config) -> sources.Source:
@@ -88,13 +89,19 @@ def _options() -> tf.data.Options:
 
 def _records(source: sources.Source, split: str, process_index: int, process_count: int,
              cache: bool) -> tf.data.Dataset:
+  """The host's examples; cached in memory if asked (decoded when that takes <= 2 GiB: digits, CIFAR)."""
   ds = source.read(split, process_index, process_count)
-  if cache:
-    if source.num_examples(split, process_index, process_count) > _LARGE_CACHE:
-      tf.get_logger().warning("config.dataset.cache=True on %s (%s): this needs a lot of RAM.",
-                              source.name, split)
-    ds = ds.cache()
-  return ds
+  if not cache:
+    return ds
+  num_examples = source.num_examples(split, process_index, process_count)
+  if source.image_shape and num_examples * math.prod(source.image_shape) <= _DECODED_CACHE_BYTES:
+    ds = ds.map(lambda ex: {**ex, "image": preprocess.decode(ex["image"])},
+                num_parallel_calls=tf.data.AUTOTUNE)
+  elif num_examples > _LARGE_CACHE:
+    tf.get_logger().warning("config.dataset.cache=True on %s (%s, %d examples): this needs a lot of "
+                            "RAM; set config.dataset.cache=False for ImageNet-sized data.",
+                            source.name, split, num_examples)
+  return ds.cache()
 
 
 def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:

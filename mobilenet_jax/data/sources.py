@@ -40,6 +40,8 @@ class Source(abc.ABC):
   num_classes: int
   # What `augment="auto"` means here: "inception_crop_flip" (natural images) or "pad_crop".
   default_augment: str
+  # (height, width, channels) when every image has that shape (digits, CIFAR), else None.
+  image_shape: tuple[int, int, int] | None = None
 
   @abc.abstractmethod
   def eval_split(self) -> str:
@@ -73,6 +75,8 @@ class TfdsSource(Source):
                        f"{features[self.image_key].np_dtype}; only uint8 images are supported.")
     self.num_classes = features[self.label_key].num_classes
     self.default_augment = "pad_crop" if self.name in NO_FLIP_DATASETS else "inception_crop_flip"
+    shape = features[self.image_key].shape
+    self.image_shape = tuple(shape) if None not in shape else None
 
   def eval_split(self) -> str:
     splits = self.builder.info.splits
