@@ -1,0 +1,15 @@
+"""Pretrained MobileNets from Keras applications, torchvision and timm, numerically identical.
+
+    model, variables = from_keras(keras.applications.MobileNetV3Large(...))
+    model, variables = from_torch(state_dict, "tf_mobilenetv3_large_075")
+    logits = model.apply(variables, images, train=False)
+
+`python -m mobilenet_jax.convert --source=... --weights=... --out=DIR` turns a downloaded weight
+file into a checkpoint that `mobilenet_jax.pretrained.load_pretrained` (and training's `init_from`)
+reads. Keras and torch are only needed to read their own files; nothing here imports them at import.
+"""
+
+from mobilenet_jax.convert.assemble import Conversion, ConversionError
+from mobilenet_jax.convert.keras_source import convert_keras, from_keras
+from mobilenet_jax.convert.torch_source import (TORCHVISION_ARCHS, convert_torch, from_torch,
+                                                supported_archs)

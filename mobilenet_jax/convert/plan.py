@@ -1,0 +1,105 @@
+"""The weight-bearing layers of one of our networks, in order, with the shapes of their variables.
+
+A converter names, for each `Unit` below, the layer of the reference implementation that holds its
+weights; `convert.assemble` then copies and checks them. The walk mirrors `models.builder.MobileNet`
+(and the blocks in `models.blocks`); `assemble.check_against_model` verifies every conversion
+against the variables Flax itself creates, so the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Optional
+
+from mobilenet_jax.models.builder import NetworkSpec
+
+# Kinds of unit: "conv" and "depthwise" are ConvNormAct (conv kernel + BatchNorm), "dense" a Dense layer.
+CONV, DEPTHWISE, DENSE = "conv", "depthwise", "dense"
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """One layer with weights.
+
+  role: stem | conv (V1 full-conv block) | depthwise | pointwise (V1) | expand | se_reduce |
+        se_expand | project (V2/V3) | last_conv | head | classifier.
+  block: index of the block (None outside blocks); index: position of the layer's module inside its
+  block, counting the squeeze-excite pair once (torchvision numbers its sub-modules this way);
+  expands: the block has a 1x1 expansion conv (timm names its layers differently when it has not).
+  """
+  path: tuple[str, ...]
+  kind: str
+  role: str
+  in_features: int
+  out_features: int
+  kernel_size: int = 1
+  block: Optional[int] = None
+  index: int = 0
+  expands: bool = False
+
+  def variable_shapes(self) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{(collection, *path): shape} of the Flax variables of this unit."""
+    if self.kind == DENSE:
+      return {("params", *self.path, "kernel"): (self.in_features, self.out_features),
+              ("params", *self.path, "bias"): (self.out_features,)}
+    k = self.kernel_size
+    kernel = (k, k, 1, self.out_features) if self.kind == DEPTHWISE else (
+        k, k, self.in_features, self.out_features)
+    norm = (self.out_features,)
+    return {("params", *self.path, "conv", "kernel"): kernel,
+            ("params", *self.path, "norm", "scale"): norm,
+            ("params", *self.path, "norm", "bias"): norm,
+            ("batch_stats", *self.path, "norm", "mean"): norm,
+            ("batch_stats", *self.path, "norm", "var"): norm}
+
+
+def probe(role: str) -> Unit:
+  """A unit that only carries a role, to ask a naming scheme where that layer lives."""
+  return Unit((role,), DENSE, role, 0, 0)
+
+
+def _block_units(spec_layer, i: int, in_features: int) -> Iterator[Unit]:
+  name = f"blocks_{i}"
+  k, out = spec_layer.kernel_size, spec_layer.features
+  if spec_layer.kind == "conv":
+    yield Unit((name,), CONV, "conv", in_features, out, k, i)
+  elif spec_layer.kind == "separable":
+    yield Unit((name, "depthwise"), DEPTHWISE, "depthwise", in_features, in_features, k, i, 0)
+    yield Unit((name, "pointwise"), CONV, "pointwise", in_features, out, 1, i, 1)
+  elif spec_layer.kind == "inverted_residual":
+    expanded = spec_layer.expanded_features
+    expands = expanded != in_features   # InvertedResidual skips the expansion conv when t = 1
+    unit = lambda *a, **kw: Unit(*a, block=i, expands=expands, **kw)  # noqa: E731
+    index = 0
+    if expands:
+      yield unit((name, "expand"), CONV, "expand", in_features, expanded, 1, index=index)
+      index += 1
+    yield unit((name, "depthwise"), DEPTHWISE, "depthwise", expanded, expanded, k, index=index)
+    index += 1
+    if spec_layer.se_features is not None:
+      se = spec_layer.se_features
+      yield unit((name, "se", "reduce"), DENSE, "se_reduce", expanded, se, index=index)
+      yield unit((name, "se", "expand"), DENSE, "se_expand", se, expanded, index=index)
+      index += 1
+    yield unit((name, "project"), CONV, "project", expanded, out, 1, index=index)
+  else:
+    raise ValueError(f"unknown layer kind {spec_layer.kind!r}")
+
+
+def network_units(spec: NetworkSpec, num_classes: int, in_channels: int = 3) -> list[Unit]:
+  """Every layer with weights of `MobileNet` built from `spec`, in forward order."""
+  units = [Unit(("stem",), CONV, "stem", in_channels, spec.stem.features, spec.stem.kernel_size)]
+  features = spec.stem.features
+  for i, layer in enumerate(spec.blocks):
+    units.extend(_block_units(layer, i, features))
+    features = layer.features
+  if spec.last_conv is not None:
+    units.append(Unit(("last_conv",), CONV, "last_conv", features, spec.last_conv.features,
+                      spec.last_conv.kernel_size))
+    features = spec.last_conv.features
+  if spec.head_features:
+    units.append(Unit(("head",), DENSE, "head", features, spec.head_features))
+    features = spec.head_features
+  if num_classes:
+    units.append(Unit(("classifier",), DENSE, "classifier", features, num_classes))
+  return units
