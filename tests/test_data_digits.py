@@ -115,3 +115,20 @@ def test_concurrent_preparation_is_safe(tmp_path):
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     results = list(pool.map(lambda _: sources.tfds_source("digits", str(tmp_path), True), range(2)))
   assert [r.num_examples("train") for r in results] == [1_437, 1_437]
+
+
+def test_labels_match_images_and_eval_matches_train(config):
+  """1-nearest-neighbour from un-augmented train batches to eval batches: >= 95% top-1 only if every
+  label travels with its image and eval preprocessing equals train preprocessing (without augmentation)."""
+  plain = ml_collections.ConfigDict(config.to_dict())
+  plain.dataset.augment = "none"
+  train = _batches(plain, 1_437 // BATCH, seed=0)
+  x = np.concatenate([b["image"] for b in train]).reshape(-1, 32 * 32 * 3)
+  y = np.concatenate([b["label"] for b in train])
+  evaluation = list(data.create_eval_iterator(config, local_batch_size=BATCH, process_index=0,
+                                              process_count=1))
+  mask = np.concatenate([b["mask"] for b in evaluation])
+  x_eval = np.concatenate([b["image"] for b in evaluation]).reshape(-1, 32 * 32 * 3)[mask]
+  y_eval = np.concatenate([b["label"] for b in evaluation])[mask]
+  distances = (x_eval ** 2).sum(1)[:, None] - 2 * x_eval @ x.T + (x ** 2).sum(1)[None]
+  assert (y[distances.argmin(1)] == y_eval).mean() >= 0.95

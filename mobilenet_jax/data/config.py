@@ -39,9 +39,10 @@ def default_dataset_config() -> ml_collections.ConfigDict:
   """
   config = ml_collections.ConfigDict()
   config.name = "digits"
-  config.data_dir = None
+  # Typed placeholders (None by default) so that --config.dataset.data_dir=... works on the command line.
+  config.data_dir = ml_collections.config_dict.placeholder(str)
   config.train_split = "train"
-  config.eval_split = None
+  config.eval_split = ml_collections.config_dict.placeholder(str)
   config.resize_method = "bilinear"
   config.antialias = True
   config.crop_fraction = 0.875
