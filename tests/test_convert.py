@@ -2,8 +2,10 @@
 
 Every reference is built with random weights *and* random BatchNorm statistics (nothing is
 downloaded), converted, and run on random images in inference mode; logits must agree to 1e-4
-(float32). Most cases run at small odd resolutions (odd sizes make TF SAME padding asymmetric at
-stride 2), a few at 224 and 193. Keras runs on the JAX backend (tests/conftest.py).
+(float32). Most cases run at small resolutions, a few at 224 and 193. Even sizes matter: there TF
+SAME pads stride-2 layers asymmetrically (0, 1) where PyTorch pads (1, 1); on odd maps the two agree
+(test_wrong_padding_or_epsilon_is_detected shows the comparison catches both traps). Keras runs on
+the JAX backend (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -20,7 +21,8 @@ torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
 keras = pytest.importorskip("keras")
 
-from mobilenet_jax.convert import ConversionError, convert_torch, from_keras, from_torch  # noqa: E402
+from mobilenet_jax.convert import (ConversionError, convert_torch, from_keras,  # noqa: E402
+                                   from_torch)
 from mobilenet_jax.convert.cli import main as convert_main  # noqa: E402
 from mobilenet_jax.pretrained import load_pretrained  # noqa: E402
 from mobilenet_jax.models.registry import create_model  # noqa: E402
@@ -65,7 +67,8 @@ def randomize_torch(module, seed: int = 0):
     if tensor.ndim > 1:
       kind = "kernel"
     else:  # 1-D weights of these networks are BatchNorm scales
-      kind = {"weight": "gamma", "bias": "bias", "running_mean": "mean", "running_var": "var"}[suffix]
+      kind = {"weight": "gamma", "bias": "bias", "running_mean": "mean",
+              "running_var": "var"}[suffix]
     state[key] = torch.from_numpy(random_value(kind, shape, int(np.prod(shape[1:])), rng))
   module.load_state_dict(state)
   return module.eval()
@@ -101,15 +104,15 @@ def bn_epsilons(module) -> set:
 TORCH_CASES = [
     # (library, arch, constructor options, resolution, batch)
     ("torchvision", "mobilenet_v2", {}, 224, 1),
-    ("torchvision", "mobilenet_v3_large", {"width_mult": 0.75}, 97, 1),
+    ("torchvision", "mobilenet_v3_large", {"width_mult": 0.75}, 96, 1),
     ("torchvision", "mobilenet_v3_small", {"width_mult": 0.5}, 193, 1),
-    ("timm", "mobilenetv1_100", {}, 65, 2),
+    ("timm", "mobilenetv1_100", {}, 64, 2),
     ("timm", "mobilenetv2_050", {}, 65, 2),
-    ("timm", "mobilenetv3_large_100", {}, 65, 2),
+    ("timm", "mobilenetv3_large_100", {}, 64, 2),
     ("timm", "mobilenetv3_small_100", {"num_classes": 0}, 65, 2),   # headless
-    ("timm", "tf_mobilenetv3_large_075", {}, 97, 2),
-    ("timm", "tf_mobilenetv3_large_minimal_100", {}, 65, 2),
-    ("timm", "tf_mobilenetv3_small_minimal_100", {}, 65, 2),
+    ("timm", "tf_mobilenetv3_large_075", {}, 96, 2),
+    ("timm", "tf_mobilenetv3_large_minimal_100", {}, 66, 2),   # even stem input, odd after
+    ("timm", "tf_mobilenetv3_small_minimal_100", {}, 64, 2),
 ]
 
 
@@ -130,7 +133,7 @@ def build_torch(library: str, arch: str, options: dict, size: int):
 
 @pytest.fixture(scope="module")
 def tf_small_minimal():
-  return build_torch("timm", "tf_mobilenetv3_small_minimal_100", {}, 65)
+  return build_torch("timm", "tf_mobilenetv3_small_minimal_100", {}, 64)
 
 
 @pytest.mark.parametrize("library,arch,options,size,batch", TORCH_CASES,
@@ -147,11 +150,20 @@ def test_torch_logits_match(library, arch, options, size, batch):
 
 
 def test_default_depthwise_impl_matches_too():
-  reference = build_torch("timm", "tf_mobilenetv3_large_075", {}, 97)
+  reference = build_torch("timm", "tf_mobilenetv3_large_075", {}, 96)
   model, variables = from_torch(reference.state_dict(), "tf_mobilenetv3_large_075")
   assert model.depthwise_impl == "auto"
-  x = images(97)
+  x = images(96)
   assert_same(torch_logits(reference, x), our_logits(model, variables, x))
+
+
+def test_wrong_padding_or_epsilon_is_detected(tf_small_minimal):
+  model, variables = from_torch(tf_small_minimal.state_dict(), "tf_mobilenetv3_small_minimal_100",
+                                depthwise_impl="xla")
+  x = images(64, 2)
+  reference = torch_logits(tf_small_minimal, x)
+  for wrong in (model.clone(padding="symmetric"), model.clone(bn_epsilon=1e-5)):
+    assert np.abs(np.asarray(our_logits(wrong, variables, x)) - reference).max() > 100 * TOLERANCE
 
 
 def test_numpy_state_dict_and_conversion_options(tf_small_minimal):
@@ -203,7 +215,7 @@ def test_cli_round_trip_safetensors(tf_small_minimal, tmp_path):
                        f"--out={out}"]) == 0
   name, options, variables = load_pretrained(str(out))
   model = create_model(name, **options, depthwise_impl="xla")
-  x = images(65, 2)
+  x = images(64, 2)
   assert_same(torch_logits(tf_small_minimal, x), our_logits(model, variables, x))
   # A second conversion into the same directory refuses to overwrite it.
   assert convert_main(["--source=timm:tf_mobilenetv3_small_minimal_100", f"--weights={weights}",
@@ -220,9 +232,10 @@ def test_cli_errors(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- Keras
 
-def build_keras(constructor: str, size: int, seed: int = 0, **options):
+def build_keras(constructor: str, size: int, batch: int = 1, seed: int = 0, **options):
   """A Keras application with random weights and BatchNorm statistics, built without running
-  Keras' initializers (one XLA compilation per weight shape on the JAX backend: the slow part)."""
+  Keras' initializers (one XLA compilation per weight shape on the JAX backend: the slow part).
+  The classifier is scaled on `batch` images of `size`, the shape the test then runs."""
   rng = np.random.RandomState(seed)
   with keras.StatelessScope():   # variables are created uninitialized ...
     model = getattr(keras.applications, constructor)(input_shape=(size, size, 3), weights=None,
@@ -242,7 +255,8 @@ def build_keras(constructor: str, size: int, seed: int = 0, **options):
                                                                   "logits")]
   if classifier:   # scaled like the torch references' (LOGIT_STD)
     builtin_rescaling = any(type(layer).__name__ == "Rescaling" for layer in model.layers)
-    x = uint8_images(size) if builtin_rescaling else tf_style(uint8_images(size))
+    x = uint8_images(size, batch)
+    x = x if builtin_rescaling else tf_style(x)
     scale = LOGIT_STD / keras_logits(model, x).std()
     for variable in classifier[0].weights:
       variable.assign(variable.numpy() * scale)
@@ -283,29 +297,30 @@ def test_keras_v1_alpha050_224(keras_v1):
 
 
 def test_keras_v2_alpha075_1001_classes_drop_background():
-  reference = build_keras("MobileNetV2", 97, alpha=0.75, classes=1001, classifier_activation=None)
+  reference = build_keras("MobileNetV2", 97, batch=2, alpha=0.75, classes=1001,
+                          classifier_activation=None)
   model, variables = from_keras(reference, depthwise_impl="xla")
   assert (model.width_multiplier, model.num_classes) == (0.75, 1000)
   x = tf_style(uint8_images(97, 2))
   assert_same(keras_logits(reference, x)[:, 1:], our_logits(model, variables, x))
 
 
-def test_keras_v3_large_193_with_builtin_preprocessing():
-  reference = build_keras("MobileNetV3Large", 193, classifier_activation=None,
+def test_keras_v3_large_224_with_builtin_preprocessing():
+  reference = build_keras("MobileNetV3Large", 224, classifier_activation=None,
                           include_preprocessing=True)
   model, variables = from_keras(reference, depthwise_impl="xla")
   assert (model.variant, model.minimal, model.width_multiplier) == ("large", False, 1.0)
-  x = uint8_images(193)   # Keras rescales 0-255 itself; ours takes [-1, 1]
+  x = uint8_images(224)   # Keras rescales 0-255 itself; ours takes [-1, 1]
   assert_same(keras_logits(reference, x), our_logits(model, variables, tf_style(x)))
 
 
 def test_keras_v3_small_minimal_headless_alpha075():
-  reference = build_keras("MobileNetV3Small", 65, alpha=0.75, minimalistic=True,
+  reference = build_keras("MobileNetV3Small", 64, batch=2, alpha=0.75, minimalistic=True,
                           include_top=False, pooling="avg", include_preprocessing=False)
   model, variables = from_keras(reference, depthwise_impl="xla")
   assert (model.minimal, model.num_classes, model.head_features) == (True, 0, 0)
   assert model.width_multiplier == 0.75
-  x = tf_style(uint8_images(65, 2))
+  x = tf_style(uint8_images(64, 2))
   assert_same(keras_logits(reference, x), our_logits(model, variables, x))
 
 

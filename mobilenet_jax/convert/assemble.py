@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
-from mobilenet_jax.convert.plan import CONV, DENSE, DEPTHWISE, Unit, network_units, probe
+from mobilenet_jax.convert.plan import DENSE, DEPTHWISE, Unit, network_units, probe
 from mobilenet_jax.models.registry import create_model
 
 # (weights layer, norm layer or None) holding a unit's variables.
@@ -57,7 +57,7 @@ def _keras_dense(w: np.ndarray) -> np.ndarray:
 TORCH = Layout(
     separator=".", kernel="weight", bias="bias",
     norm={"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"},
-    # OIHW -> HWIO; a depthwise [C, 1, k, k] becomes Flax's grouped [k, k, 1, C] by the same transpose.
+    # OIHW -> HWIO; the same transpose turns a depthwise [C, 1, k, k] into Flax's [k, k, 1, C].
     conv=lambda w, depthwise: w.transpose(2, 3, 1, 0),
     dense=_torch_dense, dense_ndims=(2, 4), out_axis=0, optional=("num_batches_tracked",))
 
@@ -70,7 +70,7 @@ KERAS = Layout(
 
 
 def to_numpy(value: Any) -> np.ndarray:
-  """A float32 numpy copy of a numpy array, torch tensor (any device, bf16 too) or Keras variable."""
+  """A float32 numpy copy of a numpy array, torch tensor (any device, bf16 too) or Keras value."""
   if hasattr(value, "detach"):   # torch.Tensor, without importing torch
     value = value.detach().cpu()
     if value.is_floating_point():
@@ -267,8 +267,10 @@ def convert_family(source: Mapping[str, np.ndarray], family: Family,
 
 
 def width_candidates(preferred: Iterable[float] = ()) -> tuple[float, ...]:
-  """The published width multipliers first, then every multiple of 0.01 up to 3 (channel counts
-  are rounded, so nearby multipliers build the same network and the first match is reported)."""
+  """Width multipliers to try: `preferred`, the published ones, multiples of 0.05, then of 0.01 up
+  to 3. Channel counts are rounded, so nearby multipliers can build the same network; the first
+  that fits is the one reported."""
   published = (1.0, 0.75, 0.5, 0.35, 0.25, 1.3, 1.4)
-  grid = tuple(round(0.01 * i, 2) for i in range(1, 301))
-  return tuple(dict.fromkeys((*preferred, *published, *grid)))
+  coarse = tuple(round(0.05 * i, 2) for i in range(1, 61))
+  fine = tuple(round(0.01 * i, 2) for i in range(1, 301))
+  return tuple(dict.fromkeys((*preferred, *published, *coarse, *fine)))

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
                            "mobilenet_v3_small} or timm:NAME (e.g. timm:tf_mobilenetv3_large_075)")
   parser.add_argument("--weights", required=True,
                       help="Keras .h5/.weights.h5/.keras, or PyTorch .safetensors/.pth")
-  parser.add_argument("--out", required=True, help="directory to write (must not hold a checkpoint)")
+  parser.add_argument("--out", required=True,
+                      help="directory to write (must not hold a checkpoint)")
   keras_options = parser.add_argument_group("Keras sources (build the application to load into)")
   keras_options.add_argument("--alpha", type=float, default=1.0, help="width multiplier")
   keras_options.add_argument("--minimalistic", action="store_true", help="V3 minimalistic form")

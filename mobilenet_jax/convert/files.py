@@ -65,6 +65,11 @@ def load_keras_application(name: str, path: str, alpha: float = 1.0, include_top
   elif minimalistic:
     raise ValueError(f"--minimalistic applies to MobileNetV3 only, not {name}")
   model = getattr(keras.applications, constructor)(**options)
-  model.load_weights(path)
+  try:
+    model.load_weights(path)
+  except ValueError as e:
+    raise ValueError(f"{path} does not fit keras.applications.{constructor}({options}): {e}\n"
+                     "Check --alpha, --minimalistic, --include_top and --classes against the "
+                     "file (Keras names them, e.g. ..._0.75_..._no_top...)") from e
   return model
 

@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 
 from mobilenet_jax.models.builder import NetworkSpec
 
-# Kinds of unit: "conv" and "depthwise" are ConvNormAct (conv kernel + BatchNorm), "dense" a Dense layer.
+# Kinds of unit: "conv" and "depthwise" are ConvNormAct (kernel + BatchNorm), "dense" a Dense layer.
 CONV, DEPTHWISE, DENSE = "conv", "depthwise", "dense"
 
 

@@ -13,8 +13,6 @@ import functools
 import re
 from typing import Any, Mapping, Optional
 
-import numpy as np
-
 from mobilenet_jax.convert.assemble import (TORCH, Conversion, Family, convert_family, to_numpy,
                                             width_candidates)
 from mobilenet_jax.convert.plan import Unit
@@ -35,7 +33,9 @@ TIMM_UNSUPPORTED = {
                         "paper's block counts",
     "mobilenetv2_120d": "'d' variants add blocks per stage (depth multiplier)",
     "mobilenetv3_large_150d": "'d' variants add blocks per stage (depth multiplier)",
-    "mobilenetv3_rw": "has a head without bias and other differences from the paper's V3",
+    "mobilenetv3_rw": "its first block has no residual, its SE uses the block's activation and "
+                      "unrounded widths, and its head conv has no bias (mobilenetv3.py "
+                      "_gen_mobilenet_v3_rw)",
 }
 
 
