@@ -1,0 +1,47 @@
+"""The training job on the command line.
+
+    python -m mobilenet_jax.main --workdir=runs/default            # configs/default.py (digits)
+    python -m mobilenet_jax.main --config=configs/mobilenet_v3_large.py:width=0.75,resolution=192 \
+        --workdir=runs/v3l --config.batch_size=512
+
+Kept short on purpose (flax examples/imagenet style): everything lives in `mobilenet_jax.train`,
+importable from notebooks without flags. Running the same command again resumes the run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline) C++ logs
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "default.py")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
+config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training config file, optionally "
+                                "with an argument: configs/<file>.py:width=0.75", lock_config=True)
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO; -v 0 shows them again
+    logging.set_verbosity(logging.WARNING)
+  # TensorFlow (input pipeline only) must not take the accelerators away from JAX.
+  try:
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")
+  except ImportError:
+    pass
+  from mobilenet_jax.train import train_and_evaluate  # after flag parsing: fast --help
+
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

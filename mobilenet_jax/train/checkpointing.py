@@ -1,0 +1,128 @@
+"""A thin wrapper of Orbax's `CheckpointManager`: periodic, async, keep-N, preemption-aware.
+
+`workdir/checkpoints/<step>/` holds `state` (the whole TrainState) and `meta` (model name and
+options, JSON). A step becomes visible to `latest_step()` only once Orbax has committed it, so an
+interrupted or failed save never becomes "latest" (ANCHORS-training.md section 5.2). All processes
+call every method (Orbax is multi-process safe, and saves gated on process 0 hang on pods).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any, Optional
+
+import jax
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'classifier/kernel': (1280, 1000), ...} for any tree of arrays or array metadata."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_str(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def first_mismatch(expected: dict[str, tuple], found: dict[str, tuple]) -> Optional[str]:
+  """A sentence naming the first parameter path whose presence or shape differs, or None."""
+  for path in sorted(set(expected) | set(found)):
+    if path not in found:
+      return f"{path}: expected shape {expected[path]}, missing"
+    if path not in expected:
+      return f"{path}: unexpected parameter of shape {found[path]}"
+    if expected[path] != found[path]:
+      return f"{path}: expected shape {expected[path]}, found {found[path]}"
+  return None
+
+
+class Checkpointer:
+  """Saves and restores TrainStates under `workdir/checkpoints` (see the module docstring)."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+               meta: Optional[dict[str, Any]] = None):
+    import orbax.checkpoint as ocp  # lazy: only training needs orbax
+
+    self._ocp = ocp
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self.meta = meta or {}
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep if keep > 0 else None, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True, create=True)
+    try:
+      self.manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "meta": ocp.JsonCheckpointHandler()})
+    except OSError as e:
+      raise OSError(f"cannot create the checkpoint directory {self.directory}: {e}; pass a "
+                    "writable --workdir") from e
+    self.preempted = False
+    self._previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self.preempted = True  # the loop saves at the end of the current step and exits cleanly
+
+  def reached_preemption(self, step: int) -> bool:
+    """SIGTERM received (single host), or Orbax/JAX's synchronized preemption point (multi-host)."""
+    if jax.process_count() > 1:
+      return self.preempted or self.manager.reached_preemption(step)
+    return self.preempted
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any) -> None:
+    """Starts an (async) save of `state` at `step`; errors say where and why."""
+    ocp = self._ocp
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta)), force=True)
+    except OSError as e:
+      raise OSError(f"could not write the checkpoint of step {step} to {self.directory}: {e} "
+                    "(is the disk full or the workdir read-only?)") from e
+
+  def wait(self) -> None:
+    try:
+      self.manager.wait_until_finished()
+    except OSError as e:
+      raise OSError(f"a checkpoint in {self.directory} could not be written: {e} (is the disk "
+                    "full or the workdir read-only?); the previous complete one stays latest") from e
+
+  def check_compatible(self, step: int, target: Any) -> None:
+    """Raises ValueError naming the first mismatching parameter when the checkpoint of `step` was
+    written by another architecture or width than `target` (a TrainState of arrays or shapes)."""
+    ocp = self._ocp
+    stored = self.manager.item_metadata(step)["state"]
+    stored = getattr(stored, "tree", stored)
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    mismatch = first_mismatch(shapes_by_path(target.params), shapes_by_path(stored["params"]))
+    if mismatch:
+      raise ValueError(
+          f"the checkpoint {self.directory}/{step} was written by another model "
+          f"({meta.get('model')} {meta.get('options')}) than this config's ({self.meta.get('model')} "
+          f"{self.meta.get('options')}): {mismatch}. Use another --workdir, or delete that one.")
+
+  def restore(self, step: int, target: Any) -> Any:
+    """The state saved at `step`, placed like `target` (a TrainState of arrays or
+    `jax.ShapeDtypeStruct`s with shardings)."""
+    ocp = self._ocp
+    self.check_compatible(step, target)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+    return self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))["state"]
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None
