@@ -132,8 +132,12 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
     raise ValueError(f"unknown model.name {m.name!r}; valid: {', '.join(mobilenet_jax.list_models())}")
   if not m.width_multiplier > 0:
     raise ValueError(f"model.width_multiplier must be > 0, got {m.width_multiplier}")
-  if m.get("expansion") is not None and not m.expansion >= 1:
-    raise ValueError(f"model.expansion must be >= 1, got {m.expansion}")
+  if m.get("expansion") is not None:  # one t, or one per stage of V2 Table 2 (a sequence)
+    per_stage = isinstance(m.expansion, (list, tuple))
+    ts = tuple(m.expansion) if per_stage else (m.expansion,)
+    if (per_stage and len(ts) != 7) or not all(isinstance(t, (int, float)) and t >= 1 for t in ts):
+      raise ValueError(f"model.expansion must be >= 1 (one t, or 7 per-stage values), got "
+                       f"{m.expansion}")
   if config.resolution < MIN_RESOLUTION:
     raise ValueError(f"resolution must be >= {MIN_RESOLUTION} (five stride-2 layers), got "
                      f"{config.resolution}")
