@@ -1,0 +1,150 @@
+"""The ablation notebook runs top to bottom in quick mode and writes well-formed results.
+
+The notebook runs in its own kernel (nbclient, the `python3` kernel of this environment) with
+ABLATION_QUICK=1 and its outputs in a temp folder; the committed results must stay untouched.
+"""
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(ROOT, "experiments")
+sys.path.insert(0, EXPERIMENTS)
+import expansion_ablation as ea  # noqa: E402
+
+NOTEBOOK = os.path.join(EXPERIMENTS, "expansion_ablation.ipynb")
+NUMERIC = ("params", "madds", "train_peak_mib", "train_temp_mib", "eval_peak_mib",
+           "train_images_per_sec", "infer_images_per_sec", "top1_mean", "top1_std")
+
+
+def _digest(folder):
+  if not os.path.isdir(folder):
+    return {}
+  return {name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest()
+          for name in sorted(os.listdir(folder))}
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  out = tmp_path_factory.mktemp("ablation_out")
+  committed_before = _digest(ea.COMMITTED_RESULTS)
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  with pytest.MonkeyPatch.context() as env:  # the kernel inherits this process's environment
+    env.setenv("ABLATION_QUICK", "1")
+    env.setenv("ABLATION_OUT", str(out))
+    env.setenv("ABLATION_WORKDIR", str(tmp_path_factory.mktemp("ablation_runs")))
+    env.setenv("JAX_PLATFORMS", "cpu")
+    env.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": EXPERIMENTS}})
+    client.execute()
+  assert _digest(ea.COMMITTED_RESULTS) == committed_before
+  return notebook, str(out)
+
+
+def _rows(out, study):
+  with open(os.path.join(out, f"{study}.csv")) as f:
+    return list(csv.DictReader(f))
+
+
+def _is_png(data: bytes) -> bool:
+  from PIL import Image
+  image = Image.open(io.BytesIO(data))
+  return image.format == "PNG" and image.size[0] > 200 and image.size[1] > 200
+
+
+def test_expansion_csv_has_one_row_per_t(executed):
+  _, out = executed
+  rows = _rows(out, "expansion")
+  quick = ea.quick_settings()
+  assert [r["t"] for r in rows] == [ea.format_t(t) for t in quick.ts]
+  for r in rows:
+    assert r["model"] == "mobilenet_v2" and float(r["width"]) == quick.width
+    for key in NUMERIC:
+      assert math.isfinite(float(r[key])), key
+    for key in NUMERIC[:7]:
+      assert float(r[key]) > 0, key
+    assert 0 <= float(r["top1_mean"]) <= 1 and int(r["seeds"]) == len(quick.seeds)
+    assert int(r["train_steps"]) == quick.steps
+  small, large = rows  # t=1, t=6: everything the network stores and computes grows with t
+  for key in ("params", "madds", "train_temp_mib"):
+    assert float(small[key]) < float(large[key]), key
+
+
+def test_v1_csv_and_json(executed):
+  _, out = executed
+  rows = _rows(out, "v1")
+  quick = ea.quick_settings()
+  assert [r["variant"] for r in rows] == [v.label for v in ea.v1_variants(quick.v1_widths,
+                                                                          quick.v1_resolutions)]
+  assert all(r["model"] == "mobilenet_v1" for r in rows)
+  with open(os.path.join(out, "v1.json")) as f:
+    stored = json.load(f)
+  assert stored["settings"] == quick.to_json()
+  assert len(stored["rows"]) == len(rows) and stored["environment"]["backend"] == "cpu"
+
+
+def test_plots_are_written_and_shown_inline(executed):
+  notebook, out = executed
+  for study in ea.STUDIES:
+    paths = ea.output_paths(study, out)
+    for key in ("accuracy_plot", "cost_plot"):
+      with open(paths[key], "rb") as f:
+        assert _is_png(f.read()), paths[key]
+    with open(paths["markdown"]) as f:
+      assert f.read().count("\n") == 2 + len(_rows(out, study))
+  inline = [base64.b64decode(o["data"]["image/png"]) for cell in notebook.cells
+            if cell.cell_type == "code" for o in cell.get("outputs", [])
+            if "image/png" in o.get("data", {})]
+  assert len(inline) == 2 * len(ea.STUDIES) and all(_is_png(d) for d in inline)
+  tables = [o["data"]["text/markdown"] for cell in notebook.cells if cell.cell_type == "code"
+            for o in cell.get("outputs", []) if "text/markdown" in o.get("data", {})]
+  assert len(tables) == len(ea.STUDIES) and "| t=1 |" in tables[0]
+
+
+def test_parse_ts_and_bad_values():
+  assert ea.parse_ts("1, 6,1-6-6-6-2-2-2") == (1.0, 6.0, (1.0, 6.0, 6.0, 6.0, 2.0, 2.0, 2.0))
+  with pytest.raises(ValueError, match="t must be >= 1"):
+    ea.expansion_variants([0.5], 1.0, 32)
+  with pytest.raises(ValueError, match="one value per stage"):
+    ea.expansion_variants([(1, 6, 6)], 1.0, 32)
+  with pytest.raises(ValueError, match="per-stage patterns"):
+    ea.parse_ts("six")
+  with pytest.raises(ValueError, match="at least 32x32"):
+    ea.v1_variants([1.0], [24])
+
+
+def test_v1_variants_follow_tables_6_and_7():
+  labels = [v.label for v in ea.v1_variants((1.0, 0.5), (48, 32))]
+  assert labels == ["alpha=1 rho=48", "alpha=0.5 rho=48", "alpha=1 rho=32"]
+
+
+def test_training_config_of_a_pattern_is_valid():
+  from mobilenet_jax.train.config import validate_config
+
+  settings = ea.quick_settings()
+  base = ea.study_base_config(settings, "expansion")
+  (variant,) = ea.expansion_variants([(1, 6, 6, 6, 2, 2, 2)], 0.35, 32)
+  config = ea.variant_config(base, variant, seed=3)
+  validate_config(config, device_count=1)
+  assert tuple(config.model.expansion) == variant.expansion and config.seed == 3
+  assert config.num_train_steps == settings.steps and config.batch_size == settings.batch_size
+  config.model.expansion = (1, 6, 6)
+  with pytest.raises(ValueError, match="7 per-stage values"):
+    validate_config(config, device_count=1)
+
+
+def test_quick_mode_refuses_the_committed_results_folder():
+  with pytest.raises(ValueError, match="must not replace the committed"):
+    ea.check_out_dir(ea.COMMITTED_RESULTS, quick=True)
+  ea.check_out_dir(ea.COMMITTED_RESULTS, quick=False)
