@@ -40,6 +40,13 @@ def first_mismatch(expected: dict[str, tuple], found: dict[str, tuple]) -> Optio
   return None
 
 
+def _is_write_failure(error: Exception) -> bool:
+  """An OSError, or TensorStore's ValueError for a failed file write, which carries the OS error
+  (`[os_error_code='28']`: ENOSPC; 27: EFBIG; 30: EROFS; 13: EACCES)."""
+  return isinstance(error, OSError) or (isinstance(error, ValueError) and
+                                        "os_error_code" in str(error))
+
+
 class Checkpointer:
   """Saves and restores TrainStates under `workdir/checkpoints` (see the module docstring)."""
 
@@ -62,6 +69,7 @@ class Checkpointer:
       raise OSError(f"cannot create the checkpoint directory {self.directory}: {e}; pass a "
                     "writable --workdir") from e
     self.preempted = False
+    self._write_failed = False
     self._previous_handler = None
     if threading.current_thread() is threading.main_thread():
       self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -79,22 +87,30 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
+  def _write_error(self, error: Exception, what: str) -> OSError:
+    """The clear error for a failed write (raised once: later waits of the same save stay quiet)."""
+    self._write_failed = True
+    return OSError(f"could not write {what} to {self.directory}: {error} (is the disk full or the "
+                   "workdir read-only?); the previous complete checkpoint stays the latest")
+
   def save(self, step: int, state: Any) -> None:
     """Starts an (async) save of `state` at `step`; errors say where and why."""
     ocp = self._ocp
     try:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta)), force=True)
-    except OSError as e:
-      raise OSError(f"could not write the checkpoint of step {step} to {self.directory}: {e} "
-                    "(is the disk full or the workdir read-only?)") from e
+    except (OSError, ValueError) as e:  # this save, or the previous async one
+      if not _is_write_failure(e):
+        raise
+      raise self._write_error(e, f"the checkpoint of step {step}") from e
 
   def wait(self) -> None:
     try:
       self.manager.wait_until_finished()
-    except OSError as e:
-      raise OSError(f"a checkpoint in {self.directory} could not be written: {e} (is the disk "
-                    "full or the workdir read-only?); the previous complete one stays latest") from e
+    except (OSError, ValueError) as e:
+      if not _is_write_failure(e):
+        raise
+      raise self._write_error(e, "a checkpoint") from e
 
   def check_compatible(self, step: int, target: Any) -> None:
     """Raises ValueError naming the first mismatching parameter when the checkpoint of `step` was
@@ -121,8 +137,15 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract)))["state"]
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
-    if self._previous_handler is not None:
-      signal.signal(signal.SIGTERM, self._previous_handler)
-      self._previous_handler = None
+    try:
+      if not self._write_failed:
+        self.wait()
+    finally:
+      if self._previous_handler is not None:
+        signal.signal(signal.SIGTERM, self._previous_handler)
+        self._previous_handler = None
+      try:
+        self.manager.close()
+      except (OSError, ValueError):
+        if not self._write_failed:  # else: the failed save, already reported
+          raise

@@ -1,0 +1,320 @@
+"""Long runs survive kills: SIGKILL at a random moment and in the middle of a checkpoint save,
+SIGTERM (preemption), a full disk and NaN gradients (clear errors, only complete and finite
+checkpoints), then the same command finishes the run with the same final state, bit for bit, and
+the same metrics.jsonl as an uninterrupted run. Checkpoints of another model are refused.
+
+Every run is the real command line in a subprocess (`python -m mobilenet_jax.main`, or
+tests/reliability_run.py: the same job with delays or a self-kill injected from environment
+variables). The subprocesses share a persistent XLA compilation cache, so only the first two
+(run concurrently) compile.
+"""
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mobilenet_jax import train
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+NUM_STEPS, CHECKPOINT_EVERY, STEP_DELAY = 12, 3, 0.15
+# Momentum, a cosine schedule, dropout and an EMA: each one breaks an inexact resume.
+OVERRIDES = {
+    "model.name": "mobilenet_v3_small_minimal", "model.width_multiplier": 0.35,
+    "model.bn_momentum": 0.9, "model.dropout_rate": 0.2, "dataset.name": "digits",
+    "resolution": 32, "batch_size": 32, "eval_batch_size": 360, "num_train_steps": NUM_STEPS,
+    "optimizer.name": "sgd", "optimizer.momentum": 0.9, "schedule.name": "cosine",
+    "schedule.learning_rate": 0.05, "schedule.base_batch_size": 0, "schedule.warmup_epochs": 0.0,
+    "ema_decay": 0.9, "log_every_steps": 1, "eval_every_steps": 0,
+    "checkpoint_every_steps": CHECKPOINT_EVERY, "keep_checkpoints": 2, "tensorboard": False,
+    "progress_bar": "off",
+}
+
+
+def _command(workdir, script=None):
+  start = [os.path.join(TESTS, "reliability_run.py")] if script else ["-m", "mobilenet_jax.main"]
+  return [sys.executable, *start, f"--workdir={workdir}",
+          *(f"--config.{key}={value}" for key, value in OVERRIDES.items())]
+
+
+def _start(workdir, cache, script=False, **faults):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_COMPILATION_CACHE_DIR=cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", TF_CPP_MIN_LOG_LEVEL="2")
+  env.update({f"RELIABILITY_{k.upper()}": str(v) for k, v in faults.items()})
+  process = subprocess.Popen(_command(workdir, script), cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  process.started = time.monotonic()
+  return process
+
+
+def _signal_at_random_moment(process, ready_file, max_delay, signum, rng):
+  """Sends `signum` at a uniformly random moment of the training loop; returns the delay."""
+  deadline = time.monotonic() + 300
+  while not os.path.exists(ready_file):
+    assert process.poll() is None, process.communicate()[0][-3000:]
+    assert time.monotonic() < deadline, "the run never reached its second step"
+    time.sleep(0.05)
+  delay = rng.uniform(0.0, max_delay)
+  time.sleep(delay)
+  process.send_signal(signum)
+  return delay
+
+
+def _committed_steps(workdir):
+  """Steps Orbax made visible: `checkpoints/<step>` (in-progress saves carry a tmp suffix)."""
+  directory = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
+      directory) else []
+
+
+def _state(workdir, step):
+  import orbax.checkpoint as ocp
+
+  return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step),
+                                                         "state"))
+
+
+def _without_timing(records):
+  return [{k: v for k, v in r.items() if k not in train.TIMING_KEYS} for r in records]
+
+
+def _snapshot(directory):
+  """{relative path: sha256} of every file below `directory`."""
+  digests = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        digests[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return digests
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """An uninterrupted run; the same run started four times: killed at a random moment, killed in
+  the middle of a save, preempted, finished; and, concurrently, two restarts of a copy of the
+  uninterrupted run from its step-9 checkpoint: out of disk space, then hit by NaN gradients."""
+  tmp = tmp_path_factory.mktemp("reliability")
+  cache, a, b, c = (str(tmp / n) for n in ("xla_cache", "uninterrupted", "interrupted", "faulty"))
+  seed = random.randrange(2**32)
+  rng = random.Random(seed)
+  info = {"uninterrupted": a, "interrupted": b, "faulty": c, "seed": seed}
+
+  def record(name, process, workdir, delay=None):
+    output = process.communicate(timeout=400)[0]
+    directory = os.path.join(workdir, "checkpoints")
+    committed = _committed_steps(workdir)
+    info[name] = {
+        "rc": process.returncode, "output": output, "delay": delay, "seed": seed,
+        "wall_s": time.monotonic() - process.started, "committed": committed,
+        "listing": sorted(os.listdir(directory)) if os.path.isdir(directory) else [],
+        "metrics": train.read_metrics(workdir) if os.path.exists(
+            os.path.join(workdir, train.METRICS_FILE)) else [],
+        "finite": {step: all(np.isfinite(x).all() for x in jax.tree.leaves(_state(workdir, step)))
+                   for step in committed}}
+
+  def faulty_restarts():
+    record("reference", reference, a)
+    shutil.copytree(a, c, ignore=shutil.ignore_patterns(str(NUM_STEPS)))  # latest: step 9
+    # Its own copy of the compilation cache: JAX would write truncated entries into it.
+    full_cache = shutil.copytree(cache, str(tmp / "xla_cache_full"))
+    record("disk_full", _start(c, full_cache, script=True, file_size_limit=256 * 1024), c)
+    record("nan", _start(c, cache, script=True, nan_batch=2), c)
+
+  reference = _start(a, cache)
+  second_chain = threading.Thread(target=faulty_restarts)
+  try:
+    # SIGKILL at a random moment of the loop (a save may be in flight), early enough that a few
+    # steps remain for the next starts.
+    ready = str(tmp / "ready1")
+    process = _start(b, cache, script=True, step_delay=STEP_DELAY, ready_file=ready)
+    delay = _signal_at_random_moment(process, ready, 4 * STEP_DELAY, signal.SIGKILL, rng)
+    second_chain.start()
+    record("sigkill", process, b, delay)
+    # SIGKILL when its first checkpoint is written but not yet committed.
+    record("sigkill_mid_save", _start(b, cache, script=True, kill_at_commit=1), b)
+    # SIGTERM (preemption) at a random moment.
+    ready = str(tmp / "ready3")
+    process = _start(b, cache, script=True, step_delay=STEP_DELAY, ready_file=ready)
+    record("sigterm", process, b, _signal_at_random_moment(process, ready, 2 * STEP_DELAY,
+                                                           signal.SIGTERM, rng))
+    # The same command again finishes the run.
+    record("final", _start(b, cache), b)
+  finally:
+    if second_chain.ident:
+      second_chain.join()
+    else:
+      reference.kill()
+  return info
+
+
+def _describe(start):
+  return (f"random seed {start['seed']}, signal after {start['delay']}s: rc {start['rc']}, "
+          f"checkpoints {start['listing']}\n{start['output'][-3000:]}")
+
+
+def _steps_run(output):
+  """The steps of the "step k/N" progress lines of a run's output (one per step here)."""
+  return [int(l.split()[1].split("/")[0]) for l in output.splitlines()
+          if l.startswith("step ") and "/" in l.split()[1]]
+
+
+def _resumed_from(start):
+  steps = _steps_run(start["output"])
+  return steps[0] - 1 if steps else None
+
+
+def _latest(start):
+  return start["committed"][-1] if start["committed"] else 0
+
+
+def _xfail_if_fresh_start_kept_stale_records(runs):
+  """Known bug (mobilenet_jax/train/loop.py, to fix): a start that finds no checkpoint appends to
+  the metrics.jsonl of the killed start before it instead of restarting it. It shows when the
+  random SIGKILL came before the first checkpoint."""
+  if not runs["sigkill"]["committed"]:
+    pytest.xfail("a start without a checkpoint keeps the metrics.jsonl records of a killed start "
+                 "(MetricWriter gets resume_step=None instead of 0)")
+
+
+def test_uninterrupted_run_finishes(runs):
+  assert runs["reference"]["rc"] == 0, runs["reference"]["output"][-3000:]
+  assert _committed_steps(runs["uninterrupted"])[-1] == NUM_STEPS
+
+
+def test_random_sigkill_then_resume_continues_from_latest_complete_checkpoint(runs):
+  killed = runs["sigkill"]
+  assert killed["rc"] == -signal.SIGKILL, _describe(killed)
+  assert _resumed_from(runs["sigkill_mid_save"]) == _latest(killed), _describe(
+      runs["sigkill_mid_save"])
+
+
+def test_sigkill_during_a_save_never_exposes_the_half_written_checkpoint(runs):
+  killed = runs["sigkill_mid_save"]
+  assert killed["rc"] == -signal.SIGKILL, _describe(killed)
+  step = int(killed["output"].split("KILLED_BEFORE_COMMIT ")[1].split()[0])
+  # Its files were written under a temporary name: not a step; the next start resumes from the
+  # checkpoint before it.
+  assert any(n.startswith(f"{step}.") for n in killed["listing"]), _describe(killed)
+  assert step not in killed["committed"] and step > _latest(killed)
+  assert _resumed_from(runs["sigterm"]) == _latest(killed), _describe(runs["sigterm"])
+
+
+def test_sigterm_saves_the_current_step_and_exits_zero(runs):
+  preempted = runs["sigterm"]
+  assert preempted["rc"] == 0 and "preempted" in preempted["output"], _describe(preempted)
+  last_step = _steps_run(preempted["output"])[-1]
+  assert _latest(preempted) == last_step < NUM_STEPS, _describe(preempted)
+  # metrics.jsonl reads as one run up to that step: no records left by the killed starts.
+  steps = [r["step"] for r in preempted["metrics"]]
+  if steps != list(range(1, last_step + 1)):
+    _xfail_if_fresh_start_kept_stale_records(runs)
+  assert steps == list(range(1, last_step + 1))
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_latest_complete_checkpoint(runs):
+  """Restarted from step 9 with no room for checkpoint files: the save of step 12 fails."""
+  full = runs["disk_full"]
+  assert full["rc"] not in (0, -signal.SIGKILL), _describe(full)
+  assert re.search(r"OSError: .*checkpoint.*(full|read-only)", full["output"]), _describe(full)
+  assert full["committed"] == [NUM_STEPS - CHECKPOINT_EVERY], _describe(full)
+  assert _resumed_from(runs["nan"]) == NUM_STEPS - CHECKPOINT_EVERY, _describe(runs["nan"])
+
+
+def test_non_finite_gradients_stop_naming_the_step_without_a_nan_checkpoint(runs):
+  """Restarted from step 9 with NaN images in its second batch (step 11)."""
+  failed = runs["nan"]
+  assert failed["rc"] not in (0, -signal.SIGKILL), _describe(failed)
+  assert "non-finite loss, gradients or update at step 11" in failed["output"], _describe(failed)
+  assert failed["committed"] == [9] and failed["finite"] == {9: True}, _describe(failed)
+  assert [r["step"] for r in failed["metrics"]] == list(range(1, 11))
+  assert all(np.isfinite(v) for r in failed["metrics"] for v in r.values()
+             if isinstance(v, float))
+
+
+def test_resumed_run_ends_bit_for_bit_equal_to_the_uninterrupted_one(runs):
+  final = runs["final"]
+  assert final["rc"] == 0 and _latest(final) == NUM_STEPS, _describe(final)
+  assert _resumed_from(final) == _latest(runs["sigterm"]), _describe(final)
+  expected = _state(runs["uninterrupted"], NUM_STEPS)
+  found = _state(runs["interrupted"], NUM_STEPS)
+  paths = jax.tree_util.tree_flatten_with_path(expected)[0]
+  assert len(paths) == len(jax.tree.leaves(found)) and len(paths) > 50
+  for (path, want), have in zip(paths, jax.tree.leaves(found)):  # params, momentum, EMA, rng
+    np.testing.assert_array_equal(np.asarray(have), np.asarray(want),
+                                  err_msg=jax.tree_util.keystr(path))
+
+
+def test_same_seed_gives_identical_metrics(runs):
+  """Every field of metrics.jsonl except the timing ones (train.TIMING_KEYS) is equal, exactly,
+  between the uninterrupted run and the run that was started four times."""
+  expected = train.read_metrics(runs["uninterrupted"])
+  found = train.read_metrics(runs["interrupted"])
+  assert [r["step"] for r in expected] == list(range(1, NUM_STEPS + 1)) + [NUM_STEPS]
+  if _without_timing(found) != _without_timing(expected):
+    _xfail_if_fresh_start_kept_stale_records(runs)
+  assert _without_timing(found) == _without_timing(expected)
+  assert {"train_loss", "grad_norm", "learning_rate"} <= set(expected[0])
+  assert {"eval_loss", "eval_top1", "ema_eval_top1"} <= set(expected[-1])
+
+
+def _config(**changes):
+  config = train.base_config()
+  config.update_from_flattened_dict({**OVERRIDES, **changes})
+  return config
+
+
+@pytest.fixture(scope="module")
+def refused(runs):
+  """Runs of other models started on the uninterrupted run's workdir; its files before and after."""
+  workdir = runs["uninterrupted"]
+  before = _snapshot(workdir)
+  errors = []
+  for changes in ({"model.width_multiplier": 0.5}, {"model.name": "mobilenet_v2"}):
+    with pytest.raises(ValueError) as error:
+      train.train_and_evaluate(_config(**changes), workdir)
+    errors.append(str(error.value))
+  return {"errors": errors, "before": before, "after": _snapshot(workdir)}
+
+
+def test_checkpoint_of_another_model_in_the_workdir_is_refused_untouched(refused):
+  wider, other = refused["errors"]
+  assert re.search(r"blocks_\d+/\S+: expected shape \(.*\), found \(", wider), wider
+  assert re.search(r"mobilenet_v3_small_minimal.*\w+/\S+: (expected|unexp)", other), other
+  untouched = lambda snapshot: {k: v for k, v in snapshot.items() if k != "config.json"}
+  assert untouched(refused["after"]) == untouched(refused["before"])  # checkpoints, metrics
+
+
+@pytest.mark.xfail(reason="mobilenet_jax/train/loop.py writes config.json before the checkpoint "
+                   "compatibility check (to fix)", strict=True)
+def test_refused_run_leaves_the_workdir_config_json_untouched(refused):
+  assert refused["after"]["config.json"] == refused["before"]["config.json"]
+
+
+def test_init_from_another_architecture_names_the_first_mismatch(runs, tmp_path):
+  from mobilenet_jax import pretrained
+
+  state = _state(runs["uninterrupted"], NUM_STEPS)
+  source = str(tmp_path / "pretrained")
+  pretrained.save_pretrained(source, "mobilenet_v3_small_minimal",
+                             {"width_multiplier": 0.35, "num_classes": 10},
+                             {"params": state["params"], "batch_stats": state["batch_stats"]})
+  before = _snapshot(source)
+  config = _config(**{"model.name": "mobilenet_v2", "init_from": source})
+  with pytest.raises(ValueError, match=r"does not fit.*params/\w+/\S+: (expected shape|unexp)"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert _snapshot(source) == before
+  assert _committed_steps(str(tmp_path / "run")) == []
