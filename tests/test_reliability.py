@@ -60,13 +60,17 @@ def _start(workdir, cache, script=False, **faults):
   return process
 
 
+def _wait_for(path, process):
+  deadline = time.monotonic() + 300
+  while not os.path.exists(path):
+    assert process.poll() is None, process.communicate()[0][-3000:]
+    assert time.monotonic() < deadline, f"the run never wrote {path}"
+    time.sleep(0.05)
+
+
 def _signal_at_random_moment(process, ready_file, max_delay, signum, rng):
   """Sends `signum` at a uniformly random moment of the training loop; returns the delay."""
-  deadline = time.monotonic() + 300
-  while not os.path.exists(ready_file):
-    assert process.poll() is None, process.communicate()[0][-3000:]
-    assert time.monotonic() < deadline, "the run never reached its second step"
-    time.sleep(0.05)
+  _wait_for(ready_file, process)
   delay = rng.uniform(0.0, max_delay)
   time.sleep(delay)
   process.send_signal(signum)
@@ -137,6 +141,8 @@ def runs(tmp_path_factory):
   reference = _start(a, cache)
   second_chain = threading.Thread(target=faulty_restarts)
   try:
+    # The other starts begin once the reference has compiled its train step (and cached it).
+    _wait_for(os.path.join(a, train.METRICS_FILE), reference)
     # SIGKILL at a random moment of the loop (a save may be in flight), early enough that a few
     # steps remain for the next starts.
     ready = str(tmp / "ready1")
