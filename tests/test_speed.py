@@ -1,0 +1,85 @@
+"""The benchmark runs end to end and reports what it promises (correctness only; no timing asserts)."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mobilenet_jax import benchmark
+
+
+def _fast_init(model, resolution):
+  """Random float32 variables via eval_shape: compiling the real initialiser takes ~10 s here."""
+  shapes = jax.eval_shape(model.clone(dtype=None).init, jax.random.key(0),
+                          jnp.zeros((1, resolution, resolution, 3)))
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(rng.uniform(0.5, 1.0, s.shape), s.dtype), shapes)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+  path = tmp_path_factory.mktemp("bench") / "result.json"
+  patch = pytest.MonkeyPatch()
+  patch.setattr(benchmark, "init_variables", _fast_init)
+  try:
+    results = benchmark.main(
+        ["--models", "v3_small", "--batch", "2", "--resolution", "32", "--frameworks",
+         "jax,torch", "--repeats", "2", "--latency-repeats", "2", "--warmup", "1",
+         "--settle-s", "0", "--peak-size", "256", "--malloc", "default", "--json", str(path)])
+  finally:
+    patch.undo()
+  return results, json.loads(path.read_text())
+
+
+def test_every_mode_and_framework_is_measured(report):
+  results, saved = report
+  got = {(r.framework, r.mode, r.batch) for r in results}
+  assert got == {(f, m, b) for f in ("jax", "torch")
+                 for m, b in (("infer", 2), ("latency", 1), ("train", 2))}
+  for r in results:
+    assert len(r.seconds) == 2 and all(t > 0 for t in r.seconds)
+    assert r.images_per_s == pytest.approx(r.batch / np.median(r.seconds))
+    assert 0 < r.peak_fraction < 10 and r.model_gflops > 0
+  jax_rows = [r for r in results if r.framework == "jax"]
+  assert all(r.compile_s > 0 and r.peak_mb > 0 for r in jax_rows)
+  train = next(r for r in jax_rows if r.mode == "train")
+  infer = next(r for r in jax_rows if r.mode == "infer")
+  # Model FLOPs come from the papers' MAdds (57M at 224 for V3-Small) scaled to 32x32.
+  assert train.model_gflops == pytest.approx(3 * infer.model_gflops)
+  assert infer.note == "BN folded"
+  assert saved["machine"]["matmul_peak_gflops"]["float32"] > 0
+  assert saved["machine"]["torch_threads"] == saved["machine"]["cpu_count"]
+  assert len(saved["results"]) == len(results)
+  assert saved["command"].startswith("python -m mobilenet_jax.benchmark --models v3_small")
+
+
+def test_table_prints_speedups(report, capsys):
+  benchmark.print_table(report[0], ["jax", "torch"])
+  out = capsys.readouterr().out
+  assert "mobilenet_v3_small" in out and "vs torch" in out and "latency b1" in out
+
+
+def test_bad_flags_are_rejected(capsys):
+  for argv in (["--models", "v4"], ["--dtype", "float16"], ["--resolution", "16"],
+               ["--repeats", "0"], ["--batch", ""]):
+    with pytest.raises(SystemExit):
+      benchmark.parse_args(argv)
+  assert "expected a comma-separated list" in capsys.readouterr().err
+
+
+def test_imports_without_tensorflow_ml_collections_torch_or_keras():
+  code = ("import sys\n"
+          "for name in ('tensorflow', 'tensorflow_datasets', 'ml_collections', 'keras', 'torch'):\n"
+          "  sys.modules[name] = None\n"
+          "from mobilenet_jax import benchmark\n"
+          "print(benchmark.parse_args(['--models', 'v2']).models)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "['v2']"
+
+
+def test_retain_freed_memory_reports_support():
+  assert benchmark.retain_freed_memory() in (True, False)
