@@ -1,4 +1,4 @@
-"""Every depthwise implementation (and the pointwise-as-matmul path) equals lax.conv_general_dilated."""
+"""Every depthwise implementation, and convolutions as matmuls, equal lax.conv_general_dilated."""
 
 import itertools
 
@@ -79,24 +79,35 @@ def test_depthwise_module_keeps_grouped_kernel_layout():
     assert variables["params"]["kernel"].shape == (5, 5, 1, 6)
 
 
-@pytest.mark.parametrize("kernel_size,stride", [(1, 1), (1, 2), (3, 1)])
-def test_conv_or_pointwise_dot_matches_convolution(kernel_size, stride):
-  """The 1x1 stride-1 matmul path and the fallback agree with lax, forward and gradients."""
-  x = jax.random.normal(jax.random.key(0), (2, 6, 7, 5))
-  kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, 5, 3))
+@pytest.mark.parametrize("kernel_size,stride,in_features,padding,rewritten", [
+    (1, 1, 5, "explicit", True),     # pointwise: [N*H*W, Cin] x [Cin, Cout]
+    (3, 2, 3, "explicit", True),     # the stem: broadcast multiply-adds on CPU
+    (3, 1, 2, "explicit", True),
+    (1, 2, 40, "explicit", False),   # strided 1x1 with many inputs: left to XLA
+    (3, 1, 5, "explicit", False),    # 45 > SHALLOW_CONV_MAX_DEPTH
+    (1, 1, 5, "SAME", False),        # string padding: left to XLA
+])
+def test_conv_general_dilated_fast_matches_convolution(kernel_size, stride, in_features, padding,
+                                                       rewritten):
+  """Forward and both gradients equal lax's; only the expected cases are rewritten."""
+  x = jax.random.normal(jax.random.key(0), (2, 7, 8, in_features))
+  kernel = jax.random.normal(jax.random.key(1), (kernel_size, kernel_size, in_features, 4))
   dn = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
-  pad = [((kernel_size - 1) // 2,) * 2] * 2
+  if padding == "explicit":
+    padding = [layers.padding_for(7, kernel_size, stride, "same"),
+               layers.padding_for(8, kernel_size, stride, "same")]
 
   def loss(conv):
-    return lambda a, b: jnp.sum(jnp.sin(conv(a, b, (stride, stride), pad, lhs_dilation=(1, 1),
+    return lambda a, b: jnp.sum(jnp.sin(conv(a, b, (stride, stride), padding, lhs_dilation=(1, 1),
                                              rhs_dilation=(1, 1), dimension_numbers=dn,
                                              feature_group_count=1)))
   want = jax.value_and_grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, kernel)
-  got = jax.value_and_grad(loss(layers.conv_or_pointwise_dot), argnums=(0, 1))(x, kernel)
+  got = jax.value_and_grad(loss(layers.conv_general_dilated_fast), argnums=(0, 1))(x, kernel)
   for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
-  jaxpr = str(jax.make_jaxpr(loss(layers.conv_or_pointwise_dot))(x, kernel))
-  assert ("conv_general_dilated" not in jaxpr) == (kernel_size == 1 and stride == 1)
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+  jaxpr = str(jax.make_jaxpr(loss(layers.conv_general_dilated_fast))(x, kernel))
+  if jax.default_backend() == "cpu" or kernel_size == 1:
+    assert ("conv_general_dilated" not in jaxpr) == rewritten
 
 
 def test_models_agree_across_depthwise_impls():

@@ -50,7 +50,7 @@ def test_every_mode_and_framework_is_measured(report):
   infer = next(r for r in jax_rows if r.mode == "infer")
   # Model FLOPs come from the papers' MAdds (57M at 224 for V3-Small) scaled to 32x32.
   assert train.model_gflops == pytest.approx(3 * infer.model_gflops)
-  assert infer.note == "BN folded"
+  assert infer.note == "BN folded"  # batch 2 <= micro-batch: one whole batch
   assert saved["machine"]["matmul_peak_gflops"]["float32"] > 0
   assert saved["machine"]["torch_threads"] == saved["machine"]["cpu_count"]
   assert len(saved["results"]) == len(results)
