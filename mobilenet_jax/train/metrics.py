@@ -35,7 +35,7 @@ class MetricWriter:
   """Appends records to metrics.jsonl and TensorBoard (process 0 only; others write nothing).
 
   `resume_step`: a resumed run first drops records after the checkpoint it restarts from, so the
-  file reads as one uninterrupted run.
+  file reads as one uninterrupted run (-1: a fresh start, drops every earlier record).
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
@@ -85,13 +85,17 @@ class Progress:
     self.bar = enabled and interactive
     self.enabled = enabled
     self.total, self.first = total_steps, first_step
-    self.start = time.perf_counter()
+    self.start = self.rate_start = time.perf_counter()
     self.last_line = ""
     self.summary = ""
 
+  def compiled(self, step: int) -> None:
+    """The first step (with compilation) is done: the ETA counts from here."""
+    self.first, self.rate_start = step, time.perf_counter()
+
   def _eta(self, step: int) -> float:
     done = step - self.first
-    elapsed = time.perf_counter() - self.start
+    elapsed = time.perf_counter() - self.rate_start
     return elapsed / done * (self.total - step) if done > 0 else float("nan")
 
   def update(self, step: int) -> None:
