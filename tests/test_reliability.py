@@ -187,15 +187,6 @@ def _latest(start):
   return start["committed"][-1] if start["committed"] else 0
 
 
-def _xfail_if_fresh_start_kept_stale_records(runs):
-  """Known bug (mobilenet_jax/train/loop.py, to fix): a start that finds no checkpoint appends to
-  the metrics.jsonl of the killed start before it instead of restarting it. It shows when the
-  random SIGKILL came before the first checkpoint."""
-  if not runs["sigkill"]["committed"]:
-    pytest.xfail("a start without a checkpoint keeps the metrics.jsonl records of a killed start "
-                 "(MetricWriter gets resume_step=None instead of 0)")
-
-
 def test_uninterrupted_run_finishes(runs):
   assert runs["reference"]["rc"] == 0, runs["reference"]["output"][-3000:]
   assert _committed_steps(runs["uninterrupted"])[-1] == NUM_STEPS
@@ -226,8 +217,6 @@ def test_sigterm_saves_the_current_step_and_exits_zero(runs):
   assert _latest(preempted) == last_step < NUM_STEPS, _describe(preempted)
   # metrics.jsonl reads as one run up to that step: no records left by the killed starts.
   steps = [r["step"] for r in preempted["metrics"]]
-  if steps != list(range(1, last_step + 1)):
-    _xfail_if_fresh_start_kept_stale_records(runs)
   assert steps == list(range(1, last_step + 1))
 
 
@@ -270,8 +259,6 @@ def test_same_seed_gives_identical_metrics(runs):
   expected = train.read_metrics(runs["uninterrupted"])
   found = train.read_metrics(runs["interrupted"])
   assert [r["step"] for r in expected] == list(range(1, NUM_STEPS + 1)) + [NUM_STEPS]
-  if _without_timing(found) != _without_timing(expected):
-    _xfail_if_fresh_start_kept_stale_records(runs)
   assert _without_timing(found) == _without_timing(expected)
   assert {"train_loss", "grad_norm", "learning_rate"} <= set(expected[0])
   assert {"eval_loss", "eval_top1", "ema_eval_top1"} <= set(expected[-1])
@@ -304,8 +291,6 @@ def test_checkpoint_of_another_model_in_the_workdir_is_refused_untouched(refused
   assert untouched(refused["after"]) == untouched(refused["before"])  # checkpoints, metrics
 
 
-@pytest.mark.xfail(reason="mobilenet_jax/train/loop.py writes config.json before the checkpoint "
-                   "compatibility check (to fix)", strict=True)
 def test_refused_run_leaves_the_workdir_config_json_untouched(refused):
   assert refused["after"]["config.json"] == refused["before"]["config.json"]
 

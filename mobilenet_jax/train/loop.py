@@ -7,10 +7,9 @@ the latest checkpoint (or `init_from`) and stops. No absl flags are needed (note
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import ml_collections
@@ -102,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
   info = data.dataset_info(config)
   model = state_lib.create_model(config, info.num_classes)
   is_main = jax.process_index() == 0
-  workdir = _prepare_workdir(workdir, config, write=is_main)
+  workdir = _prepare_workdir(workdir, config, write=False)  # config.json: after the checks below
 
   mesh = sharding.create_mesh()
   replicated, batch_sharding = sharding.replicated(mesh), sharding.data_sharded(mesh)
@@ -125,8 +124,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
       checkpointer.check_compatible(latest, abstract_state)
     pretrained_values = None
     if latest is None and config.init_from:  # checked against shapes, before compiling
-      pretrained_values = init_from.load_initial_variables(config.init_from,
-                                                           abstract_state.variables())
+      pretrained_values = init_from.load_initial_variables(
+          config.init_from, abstract_state.variables(), config.model.to_dict())
+    _prepare_workdir(workdir, config, write=is_main)  # the run is accepted: record its config
     # The steps compile in background threads while the state is created and the input starts.
     evaluate = Evaluator(config, model, info.num_classes, batch_sharding, replicated,
                          abstract_state)
@@ -141,8 +141,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
       if pretrained_values is not None:
         variables = init_from.merge(sharding.to_host(state.variables()), pretrained_values)
         state = state_lib.with_variables(state, variables, replicated)
+    # A fresh start (no checkpoint) drops every record of earlier, killed starts.
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard,
-                          resume_step=latest)
+                          resume_step=-1 if latest is None else latest)
     try:
       if config.eval_only:
         results = evaluate(state)
@@ -185,6 +186,7 @@ def _train(config, state, train_step, evaluate, checkpointer, writer, total_step
         progress.message(f"first step (compilation included) took "
                          f"{time.perf_counter() - progress.start:.1f}s")
         interval_start, interval_first = time.perf_counter(), step
+        progress.compiled(step)
       progress.update(step)
       is_last = step == total_steps
       preempted = checkpointer.reached_preemption(step)
