@@ -222,6 +222,44 @@ def test_cli_round_trip_safetensors(tf_small_minimal, tmp_path):
                        f"--out={out}"]) == 1
 
 
+def test_round_trip_convert_cli_init_from_gives_the_same_logits(tmp_path):
+  """timm weights -> `python -m mobilenet_jax.convert` -> `init_from` in the training job: its
+  evaluation on the held-out digits equals the PyTorch model's on the same images."""
+  from safetensors.torch import save_file
+  from mobilenet_jax import data, train
+
+  reference = build_torch("timm", "tf_mobilenetv3_small_minimal_100", {"num_classes": 10}, 32)
+  weights, out = tmp_path / "model.safetensors", tmp_path / "converted"
+  save_file(reference.state_dict(), str(weights))
+  assert convert_main(["--source=timm:tf_mobilenetv3_small_minimal_100", f"--weights={weights}",
+                       f"--out={out}"]) == 0
+  config = train.base_config()
+  config.model.name = "mobilenet_v3_small_minimal"
+  config.model.padding, config.model.bn_epsilon = "same", 1e-3   # the TF port's
+  config.dataset.name = "digits"
+  config.resolution, config.batch_size = 32, 64
+  config.eval_only, config.init_from = True, str(out)
+  config.tensorboard, config.progress_bar = False, "off"
+  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+
+  losses, correct = [], []
+  for batch in data.create_eval_iterator(config, local_batch_size=64):
+    logits = torch_logits(reference, batch["image"])[batch["mask"]]
+    labels = batch["label"][batch["mask"]]
+    losses.append(torch.nn.functional.cross_entropy(torch.from_numpy(logits),
+                                                    torch.from_numpy(labels).long(),
+                                                    reduction="none").numpy())
+    correct.append(logits.argmax(-1) == labels)
+  losses, correct = np.concatenate(losses), np.concatenate(correct)
+  assert result["eval_examples"] == len(losses) == 360
+  assert result["eval_loss"] == pytest.approx(float(np.mean(losses, dtype=np.float64)), rel=1e-5)
+  assert abs(result["eval_top1"] - float(np.mean(correct))) <= 1 / 360  # a near-tie may flip one
+
+  config.model.padding = "symmetric"   # loads without a shape error, but would score differently
+  with pytest.raises(ValueError, match="padding='same'.*--config.model.padding=same"):
+    train.train_and_evaluate(config, str(tmp_path / "run_symmetric"))
+
+
 def test_cli_errors(tmp_path, capsys):
   assert convert_main(["--source=caffe:mobilenet", "--weights=x.pth", f"--out={tmp_path}"]) == 1
   assert "--source must be one of" in capsys.readouterr().err

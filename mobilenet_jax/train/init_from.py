@@ -7,7 +7,7 @@ error that names the first mismatching parameter. Checked against shapes only, b
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import numpy as np
 from flax import traverse_util
@@ -17,17 +17,29 @@ from mobilenet_jax.train.checkpointing import first_mismatch
 
 CLASSIFIER = "classifier"
 COLLECTIONS = ("params", "batch_stats")
+# Options that change the numbers but not the shapes: a mismatch would load silently and score
+# badly (TF checkpoints pad "same" and use BatchNorm epsilon 1e-3; PyTorch "symmetric" and 1e-5).
+NUMERIC_OPTIONS = ("padding", "bn_epsilon")
 
 
-def load_initial_variables(directory: str, template: dict[str, Any]
+def load_initial_variables(directory: str, template: dict[str, Any],
+                           model_options: Optional[Mapping[str, Any]] = None
                            ) -> dict[str, dict[str, np.ndarray]]:
   """The pretrained values to put into a fresh model whose variables look like `template`.
 
   template: {'params', 'batch_stats'} trees of arrays or `jax.ShapeDtypeStruct`s.
+  model_options: the config's `model` fields; `padding` and `bn_epsilon` must equal the
+    checkpoint's (an error says which `--config.model.*` to set).
   Returns {collection: {'path/to/leaf': numpy array}}, without the classifier when it is to be
   re-initialised.
   """
   name, options, loaded = pretrained.load_pretrained(directory)
+  for key in NUMERIC_OPTIONS:
+    if model_options and key in options and key in model_options and \
+        model_options[key] != options[key]:
+      raise ValueError(f"init_from={directory} was trained with {key}={options[key]!r} but the "
+                       f"config has model.{key}={model_options[key]!r}; set "
+                       f"--config.model.{key}={options[key]} (its logits would differ otherwise)")
   result = {}
   for collection in COLLECTIONS:
     want = traverse_util.flatten_dict(template.get(collection, {}), sep="/")
