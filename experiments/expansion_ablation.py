@@ -66,7 +66,7 @@ class AblationSettings:
   dataset, data_dir, width, resolution, batch_size, epochs, steps: None keeps the recipe's value.
   fast_compile: `jax_disable_most_optimizations` (quick runs: compile time dominates; slower steps).
   """
-  config: str = "configs/default.py"
+  config: str = "configs/ablation_digits.py"
   v1_config: Optional[str] = None
   dataset: Optional[str] = None
   data_dir: Optional[str] = None
@@ -74,7 +74,7 @@ class AblationSettings:
   resolution: Optional[int] = None
   ts: tuple[Expansion, ...] = (1, 2, 3, 4, 6, 8, (1, 6, 6, 6, 2, 2, 2), (1, 2, 2, 2, 6, 6, 6))
   v1_widths: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
-  v1_resolutions: tuple[int, ...] = (48, 40, 32)
+  v1_resolutions: tuple[int, ...] = (40, 32)
   seeds: tuple[int, ...] = (0, 1, 2)
   batch_size: Optional[int] = None
   epochs: Optional[float] = None
@@ -351,6 +351,9 @@ def train_seeds(base, variant: Variant, seeds: Sequence[int], workdir: str,
     start = time.perf_counter()
     metrics = train_and_evaluate(config, run_dir)
     wall = time.perf_counter() - start
+    if metrics.get("preempted"):  # SIGTERM: the run saved a checkpoint; stop the whole sweep
+      raise SystemExit(f"stopped by SIGTERM during {run_dir} (checkpoint saved); run the same "
+                       "command again to continue: finished runs are reused")
     log(f"  {variant.label} seed {seed}: top-1 {metrics['eval_top1']:.4f} after "
         f"{metrics['step']} steps ({wall:.0f} s)")
     results.append({"seed": seed, "eval_top1": float(metrics["eval_top1"]),
@@ -604,7 +607,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="t values and per-stage patterns, e.g. 1,2,3,4,6,8,1-6-6-6-2-2-2 (default: "
                       + ",".join(format_t(t) for t in defaults.ts) + ")")
   p.add_argument("--v1_widths", type=_floats, default=None, help="V1 alphas, e.g. 1,0.75,0.5,0.25")
-  p.add_argument("--v1_resolutions", type=_ints, default=None, help="V1 input sizes, e.g. 48,40,32")
+  p.add_argument("--v1_resolutions", type=_ints, default=None, help="V1 input sizes, e.g. 40,32")
   p.add_argument("--seeds", type=_ints, default=None, help="e.g. 0,1,2")
   p.add_argument("--batch_size", type=int, default=None)
   p.add_argument("--epochs", type=float, default=None)

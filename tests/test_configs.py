@@ -17,6 +17,7 @@ from configs import common  # noqa: E402
 
 VARIANTS = {  # file -> (argument, expected model name)
     "default": (None, "mobilenet_v2"),
+    "ablation_digits": (None, "mobilenet_v2"),
     "mobilenet_v1": ("width=0.75,resolution=192", "mobilenet_v1"),
     "mobilenet_v2": ("width=0.75,resolution=160,expansion=4", "mobilenet_v2"),
     "mobilenet_v3_large": ("width=0.75,resolution=192", "mobilenet_v3_large"),
