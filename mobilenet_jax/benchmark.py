@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilenet_jax.models.fold import CPU_MICRO_BATCH, inference_function
+from mobilenet_jax.models.fold import CPU_MICRO_BATCH, inference_function, resolve_micro_batch
 from mobilenet_jax.models.registry import create_model
 from mobilenet_jax.profile import count_madds
 
@@ -198,9 +198,7 @@ def jax_runner(name: str, mode: str, batch: int, resolution: int, dtype: str,
   images = jnp.asarray(rng.standard_normal((batch, resolution, resolution, 3), np.float32))
   variables = init_variables(model, resolution)
   if mode in ("infer", "latency"):
-    micro_batch = options.micro_batch
-    if micro_batch == "auto":
-      micro_batch = CPU_MICRO_BATCH if jax.default_backend() == "cpu" else 0
+    micro_batch = resolve_micro_batch(options.micro_batch)
     predict, variables = inference_function(model, variables, fold=options.fold_bn,
                                             micro_batch=micro_batch)
     notes = ["BN folded"] if options.fold_bn else []

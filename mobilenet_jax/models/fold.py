@@ -122,6 +122,16 @@ def fold_batch_norm(model: MobileNet, variables: Mapping[str, Any]
 CPU_MICRO_BATCH = 8
 
 
+def resolve_micro_batch(micro_batch: Union[int, str, None] = "auto") -> int:
+  """The micro-batch size `inference_function` uses: "auto" is `CPU_MICRO_BATCH` on CPU and 0 (whole
+  batches) on accelerators; None is 0; an int >= 0 is itself."""
+  if micro_batch == "auto":
+    return CPU_MICRO_BATCH if jax.default_backend() == "cpu" else 0
+  if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 0):
+    raise ValueError(f"micro_batch must be 'auto', None or an int >= 0, got {micro_batch!r}")
+  return micro_batch or 0
+
+
 def inference_function(model: MobileNet, variables: Mapping[str, Any], *,
                        fold: bool = True, micro_batch: Union[int, str, None] = "auto"
                        ) -> tuple[Callable[[Any, Array], Array], dict[str, Any]]:
@@ -137,10 +147,7 @@ def inference_function(model: MobileNet, variables: Mapping[str, Any], *,
     model, variables = fold_batch_norm(model, variables)
   else:
     variables = dict(variables)
-  if micro_batch == "auto":
-    micro_batch = CPU_MICRO_BATCH if jax.default_backend() == "cpu" else None
-  if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 0):
-    raise ValueError(f"micro_batch must be 'auto', None or an int >= 0, got {micro_batch!r}")
+  micro_batch = resolve_micro_batch(micro_batch)
 
   def apply(variables, images):
     return model.apply(variables, images, train=False)

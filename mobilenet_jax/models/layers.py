@@ -270,8 +270,8 @@ SHALLOW_CONV_MAX_DEPTH = 32
 
 
 def _plain_conv_padding(lhs: Array, rhs: Array, window_strides: Sequence[int], padding: Any,
-                    args: tuple[Any, ...], kwargs: dict[str, Any]
-                    ) -> Optional[tuple[tuple[int, int], ...]]:
+                        args: tuple[Any, ...], kwargs: dict[str, Any]
+                        ) -> Optional[tuple[tuple[int, int], ...]]:
   """Explicit padding of a plain NHWC/HWIO convolution with equal strides, else None."""
   numbers = kwargs.get("dimension_numbers")
   if (args or lhs.ndim != 4 or rhs.ndim != 4 or numbers is None
@@ -282,12 +282,10 @@ def _plain_conv_padding(lhs: Array, rhs: Array, window_strides: Sequence[int], p
       or len(set(window_strides)) != 1):
     return None
   if padding == "VALID":
-    pads = ((0, 0), (0, 0))
-  elif isinstance(padding, str):
+    return ((0, 0), (0, 0))
+  if isinstance(padding, str):
     return None
-  else:
-    pads = tuple(tuple(int(v) for v in p) for p in padding)
-  return pads
+  return tuple(tuple(int(v) for v in p) for p in padding)
 
 
 def _taps_times_kernel(x: Array, kernel: Array, stride: int,
