@@ -15,13 +15,16 @@ JAX inference runs the network with BatchNorm folded into the convolutions (`mod
 `--no-fold-bn` measures the unfolded network. torch runs torchvision's models (timm's for V1) under
 `torch.inference_mode`, Keras runs `keras.applications` on the JAX backend. Only jax, flax and optax
 are needed; torch/torchvision/timm and keras are used where installed.
+
+On Linux/glibc the command restarts itself with GLIBC_TUNABLES that keep freed memory in the process
+(`--malloc retain`, `host_memory.py`): otherwise each XLA:CPU training step page-faults its whole
+multi-GB buffer in again (V2: ~1.3 s of kernel time per ~2.3 s step on this 2-core machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import json
@@ -36,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mobilenet_jax import host_memory
 from mobilenet_jax.models.fold import CPU_MICRO_BATCH, inference_function, resolve_micro_batch
 from mobilenet_jax.models.registry import create_model
 from mobilenet_jax.profile import count_madds
@@ -50,12 +54,11 @@ TORCH_MODELS = {"mobilenet_v1": ("timm", "mobilenetv1_100"),
 KERAS_MODELS = {"mobilenet_v1": "MobileNet", "mobilenet_v2": "MobileNetV2",
                 "mobilenet_v3_large": "MobileNetV3Large", "mobilenet_v3_small": "MobileNetV3Small"}
 FRAMEWORKS = ("jax", "torch", "keras")
+MALLOC_MODES = ("retain", "default")
 MODES = ("infer", "latency", "train")
 DTYPES = ("float32", "bfloat16")
 NUM_CLASSES = 1000
 LEARNING_RATE, MOMENTUM = 0.01, 0.9
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
 @dataclasses.dataclass
@@ -90,24 +93,6 @@ class Result:
 
 # ----------------------------------------------------------------------------------------------
 # Machine set-up
-
-
-def retain_freed_memory() -> bool:
-  """Keeps freed memory in the process (glibc), so large buffers are not page-faulted in anew.
-
-  Every call of a compiled XLA program, and every PyTorch op, allocates its activations with malloc.
-  glibc serves blocks above 32 MiB with fresh `mmap`s and returns them on free, so each step
-  page-faults all its activation memory again: on the 2-core VM of this project that doubled the
-  time of memory-bound layers (perf: ~80k faults per V2 batch-32 call). Same effect as the
-  environment variables MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_ARENA_MAX=1.
-  Applies to the whole process (every framework alike). Returns False where glibc is absent.
-  """
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
-    return False
-  return all(libc.mallopt(param, value) == 1 for param, value in
-             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
 
 
 def load_average() -> Optional[float]:
@@ -480,8 +465,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--torch-channels-last", choices=("auto", "on", "off"), default="auto",
                       help="NHWC memory format for torch; auto: on for CUDA only")
   parser.add_argument("--torch-compile", action="store_true", help="wrap torch models in torch.compile")
-  parser.add_argument("--malloc", choices=("retain", "default"), default="retain",
-                      help="retain: keep freed memory in the process (retain_freed_memory)")
+  parser.add_argument("--malloc", choices=MALLOC_MODES, default="retain",
+                      help="retain: restart with glibc tunables that keep freed memory in the "
+                      "process (host_memory.py); default: glibc's defaults")
   parser.add_argument("--peak-size", type=int, default=0,
                       help="matmul size of the peak measurement; 0: 2048 on CPU, 8192 elsewhere")
   parser.add_argument("--json", metavar="PATH", help="write every measurement to this JSON file")
@@ -548,10 +534,17 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> list[Result]:
   args = parse_args(argv)
-  malloc_retained = args.malloc == "retain" and retain_freed_memory()
+  malloc_retained = host_memory.memory_retained()
+  if args.malloc == "retain" and not malloc_retained:
+    print("note: freed memory is not retained (GLIBC_TUNABLES lacks host_memory.RETAIN_TUNABLES): "
+          "run `python -m mobilenet_jax.benchmark` from a shell, which restarts with them, or set "
+          "them before starting Python; XLA's CPU steps then page-fault their buffers every call",
+          file=sys.stderr)
   frameworks = _prepare_frameworks(args)
   info = machine_info(args)
-  info["malloc_retained"] = malloc_retained
+  info.update(malloc=args.malloc, malloc_retained=malloc_retained,
+              glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+              transparent_hugepages=host_memory.transparent_hugepages())
   peak_size = args.peak_size or (2048 if jax.default_backend() == "cpu" else 8192)
   peaks = {dtype: measure_matmul_peak(dtype, peak_size, 10) for dtype in args.dtype}
   info["matmul_peak_gflops"] = {d: p / 1e9 for d, p in peaks.items()}
@@ -594,4 +587,6 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Result]:
 
 
 if __name__ == "__main__":
+  if parse_args().malloc == "retain":
+    host_memory.reexec_with_retained_memory("mobilenet_jax.benchmark", sys.argv[1:])
   main()
