@@ -11,6 +11,7 @@ from flax import linen as nn
 
 from mobilenet_jax.models.layers import (Activation, Array, ConvNormAct, ModuleDef, SqueezeExcite,
                                          bind_norm, make_divisible)
+from mobilenet_jax.models.norm import BatchNorm
 
 
 class DepthwiseSeparable(nn.Module):
@@ -21,7 +22,7 @@ class DepthwiseSeparable(nn.Module):
   features: int
   kernel_size: int = 3
   strides: int = 1
-  norm: ModuleDef = nn.BatchNorm
+  norm: ModuleDef = BatchNorm
   activation: Activation = jax.nn.relu6
   padding: str = "same"
   depthwise_impl: str = "auto"
@@ -52,7 +53,7 @@ class InvertedResidual(nn.Module):
   strides: int = 1
   use_se: bool = False
   se_features: Optional[int] = None
-  norm: ModuleDef = nn.BatchNorm
+  norm: ModuleDef = BatchNorm
   activation: Activation = jax.nn.relu6
   se_activation: Activation = jax.nn.relu
   se_gate: Activation = jax.nn.hard_sigmoid
