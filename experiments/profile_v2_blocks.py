@@ -3,7 +3,6 @@ torchvision's InvertedResidual, and the depthwise kernel gradient by row-group s
 
     python experiments/profile_v2_blocks.py                 # blocks (batch 32, 224x224 network shapes)
     python experiments/profile_v2_blocks.py --kernel-grad   # _shifted_kernel_grad row groups
-    python experiments/profile_v2_blocks.py --norm          # BatchNorm+ReLU6: flax's vs models/norm.py
 
 Figures are medians of 5 calls after 2 warm-up calls, in ms. torch runs channels_last with 2 threads.
 Used for the Speed section of the README (V2 training shortfall) and commit d6b190f.
@@ -98,47 +97,13 @@ def profile_kernel_grad() -> None:
     print(f"{size:3d}x{size:<3d}x{channels:<4d} s{stride}  " + "  ".join(row), flush=True)
 
 
-# Shapes of V2's widest BatchNorm layers at batch 32, 224x224.
-NORM_SHAPES = [(BATCH, 112, 112, 96), (BATCH, 56, 56, 144), (BATCH, 28, 28, 192),
-               (BATCH, 14, 14, 384), (BATCH, 7, 7, 960)]
-
-
-def profile_norm() -> None:
-  """BatchNorm (training mode) + ReLU6, forward and forward+backward, Flax's against ours."""
-  from flax import linen as nn
-
-  from mobilenet_jax.models.norm import BatchNorm
-
-  for shape in NORM_SHAPES:
-    x = jnp.asarray(np.random.randn(*shape).astype(np.float32) * 2 + 1)
-    row = []
-    for name, cls in (("flax", nn.BatchNorm), ("ours", BatchNorm)):
-      layer = cls(use_running_average=False)
-      variables = layer.init(jax.random.key(0), x)
-
-      def loss(params, x, layer=layer, variables=variables):
-        y, _ = layer.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                           mutable=["batch_stats"])
-        y = jax.nn.relu6(y)
-        return jnp.sum(y * y)
-
-      forward, both = jax.jit(loss), jax.jit(jax.grad(loss, argnums=(0, 1)))
-      fwd = median_ms(lambda: jax.block_until_ready(forward(variables["params"], x)))
-      fwd_bwd = median_ms(lambda: jax.block_until_ready(both(variables["params"], x)))
-      row.append(f"{name} fwd {fwd:6.1f} fwd+bwd {fwd_bwd:6.1f}")
-    print(f"{'x'.join(map(str, shape)):>16}  " + "  |  ".join(row), flush=True)
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--kernel-grad", action="store_true", help="depthwise kernel gradient only")
-  parser.add_argument("--norm", action="store_true", help="BatchNorm + ReLU6 only")
   parser.add_argument("--depthwise-impl", default="auto", help="auto | shifted | xla")
   args = parser.parse_args()
   if args.kernel_grad:
     profile_kernel_grad()
-  elif args.norm:
-    profile_norm()
   else:
     profile_blocks(args.depthwise_impl)
 

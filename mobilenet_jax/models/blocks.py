@@ -11,7 +11,6 @@ from flax import linen as nn
 
 from mobilenet_jax.models.layers import (Activation, Array, ConvNormAct, ModuleDef, SqueezeExcite,
                                          bind_norm, make_divisible)
-from mobilenet_jax.models.norm import BatchNorm
 
 
 class DepthwiseSeparable(nn.Module):
@@ -22,7 +21,7 @@ class DepthwiseSeparable(nn.Module):
   features: int
   kernel_size: int = 3
   strides: int = 1
-  norm: ModuleDef = BatchNorm
+  norm: ModuleDef = nn.BatchNorm
   activation: Activation = jax.nn.relu6
   padding: str = "same"
   depthwise_impl: str = "auto"
@@ -53,7 +52,7 @@ class InvertedResidual(nn.Module):
   strides: int = 1
   use_se: bool = False
   se_features: Optional[int] = None
-  norm: ModuleDef = BatchNorm
+  norm: ModuleDef = nn.BatchNorm
   activation: Activation = jax.nn.relu6
   se_activation: Activation = jax.nn.relu
   se_gate: Activation = jax.nn.hard_sigmoid

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mobilenet_jax.models.blocks import DepthwiseSeparable, InvertedResidual
-from mobilenet_jax.models.norm import BatchNorm
 from mobilenet_jax.models.layers import (ACTIVATIONS, PADDING_MODES, Activation, Array, ConvNormAct,
                                          ModuleDef, bind_norm, classifier_kernel_init,
                                          global_average_pool, resolve_depthwise_impl)
@@ -120,7 +119,7 @@ class MobileNet(nn.Module):
     self.validate()
     spec = self.network_spec()
     norm = self.norm_layer or functools.partial(
-        BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+        nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
         param_dtype=self.param_dtype)
     norm = bind_norm(norm, train)
     common = dict(norm=norm, padding=self.padding, dtype=self.dtype, param_dtype=self.param_dtype)

@@ -12,8 +12,6 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mobilenet_jax.models.norm import BatchNorm
-
 Array = jax.Array
 ModuleDef = Any
 Activation = Callable[[Array], Array]
@@ -386,14 +384,14 @@ class DepthwiseConv(nn.Module):
 class ConvNormAct(nn.Module):
   """Convolution (no bias), normalisation, optional activation: the unit every MobileNet is built of.
 
-  `norm` is a factory (e.g. `functools.partial(BatchNorm, use_running_average=not train)`), so
+  `norm` is a factory (e.g. `functools.partial(nn.BatchNorm, use_running_average=not train)`), so
   BatchNorm can be swapped for another normalisation. `activation=None` is linear (V2 projection).
   """
   features: int
   kernel_size: int = 1
   strides: int = 1
   depthwise: bool = False
-  norm: ModuleDef = BatchNorm
+  norm: ModuleDef = nn.BatchNorm
   activation: Optional[Activation] = jax.nn.relu6
   padding: str = "same"
   depthwise_impl: str = "auto"

@@ -12,7 +12,7 @@ import ml_collections
 import optax
 
 import mobilenet_jax
-from mobilenet_jax.models.norm import BatchNorm
+from mobilenet_jax.models.norm import GroupedBatchNorm
 
 
 @flax.struct.dataclass
@@ -49,7 +49,7 @@ def model_options(config: ml_collections.ConfigDict, num_classes: int) -> dict[s
   options["dtype"] = compute_dtype(config)
   if config.bn_group_size > 0:
     options["norm_layer"] = functools.partial(
-        BatchNorm, group_size=config.bn_group_size,
+        GroupedBatchNorm, group_size=config.bn_group_size,
         momentum=options.get("bn_momentum", 0.99), epsilon=options.get("bn_epsilon", 1e-3),
         dtype=options["dtype"])
   return options
