@@ -588,5 +588,5 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Result]:
 
 if __name__ == "__main__":
   if parse_args().malloc == "retain":
-    host_memory.reexec_with_retained_memory("mobilenet_jax.benchmark", sys.argv[1:])
+    host_memory.reexec_with_retained_memory(["-m", "mobilenet_jax.benchmark", *sys.argv[1:]])
   main()

@@ -76,8 +76,11 @@ def environment_with_retained_memory(environ: Optional[Mapping[str, str]] = None
   return env
 
 
-def reexec_with_retained_memory(module: str, argv: Sequence[str]) -> None:
-  """Restarts `python -m module argv...` with RETAIN_TUNABLES; returns if that is not needed.
+def reexec_with_retained_memory(python_args: Sequence[str]) -> None:
+  """Restarts `python *python_args` with RETAIN_TUNABLES; returns if that is not needed.
+
+  `python_args` are what follows the interpreter on the command line that started this program:
+  `["-m", "mobilenet_jax.benchmark", *sys.argv[1:]]` for a module, `sys.argv` for a script.
 
   Returns without restarting where the tunables are already set, glibc is absent, or a restart
   has already been tried (no loops). Call it first thing in a command-line entry point, never from
@@ -89,4 +92,4 @@ def reexec_with_retained_memory(module: str, argv: Sequence[str]) -> None:
   env[_REEXEC_MARK] = "1"
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
+  os.execve(sys.executable, [sys.executable, *python_args], env)

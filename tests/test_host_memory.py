@@ -1,4 +1,4 @@
-"""host_memory: the GLIBC_TUNABLES handling and the restart that asks glibc for huge pages."""
+"""host_memory: the GLIBC_TUNABLES handling and the restart that keeps freed memory in the process."""
 
 import os
 import subprocess
@@ -31,7 +31,7 @@ PROBE = textwrap.dedent("""
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
     if sys.argv[1:] == ["restart"]:
-      host_memory.reexec_with_retained_memory("probe", sys.argv[1:])
+      host_memory.reexec_with_retained_memory(["-m", "probe", *sys.argv[1:]])
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(3):   # a 256 MiB block, malloc'd, touched and freed, as XLA:CPU does per call
       block = libc.malloc(256 << 20)
