@@ -12,6 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mobilenet_jax.models.fusion_barrier import materialized
+from mobilenet_jax.models.norm_activation import BatchNormActivation, fusible_batch_norm
+
 Array = jax.Array
 ModuleDef = Any
 Activation = Callable[[Array], Array]
@@ -238,20 +241,16 @@ def _materialized(g: Array, kernel: Array) -> Array:
   XLA:CPU otherwise fuses the elementwise ops that produce g (the BatchNorm, activation and SE
   gate gradients) into every one of those passes and recomputes them there. Training steps at
   batch 32, 224, without -> with, medians of 6 interleaved steps on the 2-core CPU
-  (`python experiments/ab_materialized_gradient.py`): V1 1362 -> 1277 ms, V2 1333 -> 1233,
+  (`python experiments/ab_train_step.py --change materialized_gradient`): V1 1362 -> 1277 ms, V2 1333 -> 1233,
   V3-Large 890 -> 805, V3-Small 303 -> 268; gradients equal to 3e-8.
-  `lax.optimization_barrier` does not prevent it on CPU (XLA removes it before fusion); a
-  conditional is a fusion boundary. Its second branch, taken only for a non-finite kernel weight,
-  returns NaN, which g is then anyway: that weight made the forward output, and so the loss, NaN.
+  On CPU only (see fusion_barrier.materialized).
   """
-  return jax.lax.cond(jnp.isfinite(kernel[0, 0, 0, 0]), lambda t: t,
-                      lambda t: jnp.full_like(t, jnp.nan), g)
+  return materialized(g, kernel[0, 0, 0, 0])
 
 
 def _depthwise_shifted_bwd(stride, padding, residuals, g):
   x, kernel = residuals
-  if jax.default_backend() == "cpu":   # elsewhere a conditional costs a device-host sync
-    g = _materialized(g, kernel)
+  g = _materialized(g, kernel)
   dx = _shifted_input_grad(g, kernel, stride, padding, (x.shape[1], x.shape[2]))
   dk = _shifted_kernel_grad(x, g, kernel.shape, stride, padding, kernel.dtype)
   return dx.astype(x.dtype), dk
@@ -430,6 +429,9 @@ class ConvNormAct(nn.Module):
                   use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                   kernel_init=conv_kernel_init, conv_general_dilated=conv_general_dilated_fast,
                   name="conv")(x)
+    batch_norm = fusible_batch_norm(self.norm)
+    if batch_norm is not None:  # the same BatchNorm, with a fused gradient (norm_activation.py)
+      return BatchNormActivation(**batch_norm, activation=self.activation, name="norm")(x)
     x = self.norm(name="norm")(x)
     if self.activation is not None:
       x = self.activation(x)
