@@ -243,7 +243,7 @@ def _materialized(g: Array, kernel: Array) -> Array:
   batch 32, 224, without -> with, medians of 6 interleaved steps on the 2-core CPU
   (`python experiments/ab_train_step.py --change materialized_gradient`): V1 1362 -> 1277 ms, V2 1333 -> 1233,
   V3-Large 890 -> 805, V3-Small 303 -> 268; gradients equal to 3e-8.
-  On CPU only (see fusion_barrier.materialized).
+  On a single CPU device only (see fusion_barrier.materialized).
   """
   return materialized(g, kernel[0, 0, 0, 0])
 

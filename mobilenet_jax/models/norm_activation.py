@@ -16,7 +16,7 @@ The per-channel algebra in between (variance, rsqrt, scale) is differentiated by
 `flax.linen.BatchNorm`, whose forward arithmetic is reproduced operation for operation.
 `BatchNormActivation` has `nn.BatchNorm`'s variables, so checkpoints do not change.
 MobileNetV2 training step, batch 32, 224, 2-core CPU, interleaved A/B in one process
-(`python experiments/ab_fused_batch_norm.py`): figures in the README's Speed section.
+(`python experiments/ab_train_step.py --change fused_batch_norm`): figures in the README's Speed section.
 """
 
 from __future__ import annotations
