@@ -109,6 +109,11 @@ def _reduced_count(x: Array, axes: tuple[int, ...]) -> int:
 batch_norm_activation.defvjp(_batch_norm_activation_fwd, _batch_norm_activation_bwd)
 
 
+# The BatchNorm settings the fused function computes (the defaults of nn.BatchNorm).
+_PLAIN_BATCH_NORM = dict(axis=-1, axis_name=None, axis_index_groups=None, use_bias=True,
+                         use_scale=True, use_fast_variance=True, force_float32_reductions=True)
+
+
 def fusible_batch_norm(norm: Any) -> Optional[dict[str, Any]]:
   """The keywords of a `nn.BatchNorm`/`GroupedBatchNorm` factory that `BatchNormActivation` can
   run, or None for any other norm factory (GroupNorm, a BatchNorm over other axes or devices, ...)."""
@@ -120,9 +125,7 @@ def fusible_batch_norm(norm: Any) -> Optional[dict[str, Any]]:
     target = target.func
   if target not in (nn.BatchNorm, GroupedBatchNorm):
     return None
-  plain = dict(axis=-1, axis_name=None, axis_index_groups=None, use_bias=True, use_scale=True,
-               use_fast_variance=True, force_float32_reductions=True)
-  if any(keywords.get(key, default) != default for key, default in plain.items()):
+  if any(keywords.get(key, default) != default for key, default in _PLAIN_BATCH_NORM.items()):
     return None
   return keywords
 
@@ -147,8 +150,8 @@ class BatchNormActivation(GroupedBatchNorm):
       fused = jax.default_backend() == "cpu"
     else:
       fused = self.fused
-    plain = (self.axis in (-1, x.ndim - 1) and self.axis_name is None and self.use_scale
-             and self.use_bias and self.use_fast_variance and self.force_float32_reductions)
+    plain = all(getattr(self, key) == default for key, default in _PLAIN_BATCH_NORM.items()
+                if key != "axis") and self.axis in (-1, x.ndim - 1)
     if (use_running_average or not fused or not plain or mask is not None
         or self.is_initializing()):
       given = None if self.use_running_average is not None else use_running_average
