@@ -288,7 +288,8 @@ def measure_step(config, num_classes: int, num_train_examples: int, timing_steps
   schedule = optim.create_learning_rate_schedule(config, *schedule_length(config,
                                                                           num_train_examples))
   tx = optim.create_optimizer(config, schedule)
-  abstract = state_lib.abstract_train_state(config, model, tx, replicated)
+  state_init = state_lib.trace_state_init(config, model, tx, replicated)
+  abstract = state_lib.abstract_train_state(state_init)
   eval_size = config.eval_batch_size or config.batch_size
   train_spec = steps.batch_spec(config.batch_size, config.resolution, batch_sharding)
   eval_spec = steps.batch_spec(eval_size, config.resolution, batch_sharding, with_mask=True)
@@ -311,7 +312,7 @@ def measure_step(config, num_classes: int, num_train_examples: int, timing_steps
     return sharding.global_batch(values, batch_sharding)
 
   train_batch, eval_batch = batch(train_spec), batch(eval_spec)
-  holder = [state_lib.create_train_state(config, model, tx, replicated)]
+  holder = [state_lib.create_train_state(state_init)]
 
   def train_call():
     holder[0], metrics = train_step(holder[0], train_batch)

@@ -42,9 +42,10 @@ def _synthetic_jpeg_iterators(width: int, height: int, config, batch: int):
                             pad_pixels=dc.pad_pixels, **common)
   evaluate = functools.partial(preprocess.eval_image, crop_fraction=dc.crop_fraction, **common)
   base = tf.data.Dataset.from_tensors(jpeg).repeat()
-  train_ds = base.enumerate().map(lambda i, b: train(b, tf.stack([tf.constant(0, tf.int64), i])),
-                                  num_parallel_calls=tf.data.AUTOTUNE)
-  eval_ds = base.map(evaluate, num_parallel_calls=tf.data.AUTOTUNE)
+  train_one = preprocess.graph_function(
+      lambda i, b: train(b, tf.stack([tf.constant(0, tf.int64), i])))
+  train_ds = base.enumerate().map(train_one, num_parallel_calls=tf.data.AUTOTUNE)
+  eval_ds = base.map(preprocess.graph_function(evaluate), num_parallel_calls=tf.data.AUTOTUNE)
   return (iter(ds.batch(batch).prefetch(2).as_numpy_iterator()) for ds in (train_ds, eval_ds))
 
 

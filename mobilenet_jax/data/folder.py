@@ -17,7 +17,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mobilenet_jax.data import sources
+from mobilenet_jax.data import preprocess, sources
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 EVAL_SPLIT_NAMES = ("val", "validation", "test")
@@ -135,6 +135,7 @@ class FolderSource(sources.Source):
     ds = tf.data.Dataset.from_tensor_slices({"path": paths[start:stop],
                                              "label": np.asarray(labels[start:stop], np.int64)})
 
+    @preprocess.graph_function
     def load(example):
       image = tf.numpy_function(decode_image_file, [example["path"]], tf.uint8, stateful=False)
       image.set_shape([None, None, 3])

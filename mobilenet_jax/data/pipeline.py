@@ -95,8 +95,8 @@ def _records(source: sources.Source, split: str, process_index: int, process_cou
     return ds
   num_examples = source.num_examples(split, process_index, process_count)
   if source.image_shape and num_examples * math.prod(source.image_shape) <= _DECODED_CACHE_BYTES:
-    ds = ds.map(lambda ex: {**ex, "image": preprocess.decode(ex["image"])},
-                num_parallel_calls=tf.data.AUTOTUNE)
+    decode = preprocess.graph_function(lambda ex: {**ex, "image": preprocess.decode(ex["image"])})
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   elif num_examples > _LARGE_CACHE:
     tf.get_logger().warning("config.dataset.cache=True on %s (%s, %d examples): this needs a lot of "
                             "RAM; set config.dataset.cache=False for ImageNet-sized data.",
@@ -146,9 +146,11 @@ def create_train_iterator(config, *, local_batch_size: int, seed: int, start_ste
     epoch_seed = tf.random.experimental.stateless_fold_in(seed_pair, epoch)
     shuffle_seed = tf.random.stateless_uniform([], epoch_seed, minval=None, maxval=None, dtype=tf.int64)
     shuffled = records.shuffle(buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False)
-    return shuffled.enumerate().map(lambda index, ex: (epoch_seed, index, ex))
+    with_seed = preprocess.graph_function(lambda index, ex: (epoch_seed, index, ex))
+    return shuffled.enumerate().map(with_seed)
 
-  ds = tf.data.Dataset.range(first_epoch, _NUM_EPOCHS_MAX).flat_map(one_epoch)
+  ds = tf.data.Dataset.range(first_epoch, _NUM_EPOCHS_MAX).flat_map(
+      preprocess.graph_function(one_epoch))
   ds = ds.skip(offset)  # Before decoding: resuming mid-epoch only reads the skipped records.
 
   train_image = functools.partial(
@@ -160,7 +162,7 @@ def create_train_iterator(config, *, local_batch_size: int, seed: int, start_ste
     example_seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
     return {"image": train_image(ex["image"], example_seed), "label": tf.cast(ex["label"], tf.int32)}
 
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(preprocess.graph_function(prepare), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(dc.get("prefetch", 2))
   return _numpy_batches(ds.with_options(_options()))
 
@@ -184,7 +186,7 @@ def _eval_dataset(config, local_batch_size: int, process_index: int, process_cou
             "mask": tf.constant(True)}
 
   ds = _records(source, split, process_index, process_count, dc.get("cache", True))
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(preprocess.graph_function(prepare), num_parallel_calls=tf.data.AUTOTUNE)
   padding = tf.data.Dataset.from_tensors({
       "image": tf.zeros([config.resolution, config.resolution, 3], tf.float32),
       "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}).repeat()

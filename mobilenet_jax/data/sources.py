@@ -19,6 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mobilenet_jax.data import digits  # noqa: F401  (registers the `digits` TFDS builder)
+from mobilenet_jax.data import preprocess
 
 # Datasets of digits/characters: "auto" augmentation translates them and never flips them.
 NO_FLIP_DATASETS = frozenset({"digits", "mnist", "emnist", "kmnist", "svhn_cropped",
@@ -103,8 +104,9 @@ class TfdsSource(Source):
         decoders={self.image_key: tfds.decode.SkipDecoding()},  # decode later, fused with the crop
         read_config=tfds.ReadConfig(try_autocache=False, skip_prefetch=True))
     image_key, label_key = self.image_key, self.label_key
-    return ds.map(lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int64)},
-                  num_parallel_calls=tf.data.AUTOTUNE)
+    select = preprocess.graph_function(
+        lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int64)})
+    return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _feature_key(builder, feature_type, preferred: str, position: int) -> str:

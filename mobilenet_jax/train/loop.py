@@ -115,7 +115,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
                               async_save=config.async_checkpointing,
                               meta=_model_meta(config, info.num_classes))
   try:
-    abstract_state = state_lib.abstract_train_state(config, model, tx, replicated)
+    state_init = state_lib.trace_state_init(config, model, tx, replicated)
+    abstract_state = state_lib.abstract_train_state(state_init)
     latest = checkpointer.latest_step()
     if latest is None and config.eval_only and not config.init_from:
       raise FileNotFoundError(f"eval_only: no checkpoint in {checkpointer.directory} and no "
@@ -137,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
     if latest is not None:
       state = checkpointer.restore(latest, abstract_state)
     else:
-      state = state_lib.create_train_state(config, model, tx, replicated)
+      state = state_lib.create_train_state(state_init)
       if pretrained_values is not None:
         variables = init_from.merge(sharding.to_host(state.variables()), pretrained_values)
         state = state_lib.with_variables(state, variables, replicated)

@@ -92,22 +92,25 @@ def _init_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransfo
   return init
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, model,
-                         tx: optax.GradientTransformation, sharding: jax.sharding.Sharding) -> Any:
-  """Shapes, dtypes and shardings of the state (tracing only): what the steps compile against."""
-  shapes = jax.eval_shape(_init_fn(config, model, tx), None)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+def trace_state_init(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
+                     sharding: jax.sharding.Sharding) -> jax.stages.Traced:
+  """The fresh state's initialisation under jit, traced once (replicated with `sharding`).
 
-
-def create_train_state(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
-                       sharding: jax.sharding.Sharding,
-                       variables: dict[str, Any] | None = None) -> TrainState:
-  """A fresh state, created directly on the devices with `sharding` (replicated).
-
-  `variables` replace the random initialisation when given.
+  `abstract_train_state` reads the shapes from it and `create_train_state` compiles and runs it,
+  so a job traces the network's init once, not twice (0.3-0.7 s per trace for the tests' small
+  networks on a 2-core CPU, JAX_LOG_COMPILES=1).
   """
-  init = jax.jit(_init_fn(config, model, tx), out_shardings=sharding)
-  return init.lower(variables).compile(FAST_COMPILE)(variables)
+  return jax.jit(_init_fn(config, model, tx), out_shardings=sharding).trace(None)
+
+
+def abstract_train_state(init: jax.stages.Traced) -> TrainState:
+  """Shapes, dtypes and shardings of the state (`trace_state_init`): what the steps compile against."""
+  return init.out_info
+
+
+def create_train_state(init: jax.stages.Traced) -> TrainState:
+  """A fresh state from `trace_state_init`, created directly on the devices (replicated)."""
+  return init.lower().compile(FAST_COMPILE)(None)
 
 
 def with_variables(state: TrainState, variables: dict[str, Any],
