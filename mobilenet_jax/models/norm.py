@@ -34,6 +34,23 @@ class GroupedBatchNorm(nn.BatchNorm):
   """
   group_size: Optional[int] = None
 
+  def __post_init__(self) -> None:
+    if self.group_size is not None and self.group_size < 0:
+      raise ValueError(f"group_size must be >= 0 (0/None = whole batch), got {self.group_size}")
+    super().__post_init__()
+
+  def training_group(self, batch: int) -> int:
+    """Images per statistics group for a training batch of `batch` images.
+
+    At initialisation any batch is accepted (statistics are not stored then)."""
+    group = self.group_size or batch
+    if batch % group:
+      if not self.is_initializing():
+        raise ValueError(f"batch of {batch} images is not a multiple of the BatchNorm group size "
+                         f"{group}; choose batch_size as a multiple of bn_group_size")
+      group = batch
+    return group
+
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: Optional[bool] = None, *,
                mask: Optional[jax.Array] = None) -> jax.Array:
@@ -44,8 +61,6 @@ class GroupedBatchNorm(nn.BatchNorm):
       raise ValueError(f"GroupedBatchNorm normalises the last axis only, got axis={self.axis}")
     if self.axis_name is not None:
       raise ValueError("GroupedBatchNorm is for jit over a sharded batch; leave axis_name unset")
-    if self.group_size is not None and self.group_size < 0:
-      raise ValueError(f"group_size must be >= 0 (0/None = whole batch), got {self.group_size}")
     feature_shape = (x.shape[-1],)
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
                             feature_shape)
@@ -61,12 +76,7 @@ class GroupedBatchNorm(nn.BatchNorm):
                         **common)
 
     batch = x.shape[0]
-    group = self.group_size or batch
-    if batch % group:
-      if not self.is_initializing():
-        raise ValueError(f"batch of {batch} images is not a multiple of the BatchNorm group size "
-                         f"{group}; choose batch_size as a multiple of bn_group_size")
-      group = batch  # init may use any dummy batch; statistics are not stored then
+    group = self.training_group(batch)
     if mask is not None:
       if group != batch:
         raise ValueError("GroupedBatchNorm supports mask only with the whole batch as one group")

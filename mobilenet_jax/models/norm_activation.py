@@ -157,13 +157,8 @@ class BatchNormActivation(GroupedBatchNorm):
       given = None if self.use_running_average is not None else use_running_average
       y = super().__call__(x, given, mask=mask)
       return y if self.activation is None else self.activation(y)
-    if self.group_size is not None and self.group_size < 0:
-      raise ValueError(f"group_size must be >= 0 (0/None = whole batch), got {self.group_size}")
     batch, channels = x.shape[0], x.shape[-1]
-    group = self.group_size or batch
-    if batch % group:
-      raise ValueError(f"batch of {batch} images is not a multiple of the BatchNorm group size "
-                       f"{group}; choose batch_size as a multiple of bn_group_size")
+    group = self.training_group(batch)
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (channels,))
     ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (channels,))
     scale = self.param("scale", self.scale_init, (channels,), self.param_dtype)
