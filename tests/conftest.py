@@ -14,8 +14,12 @@ try:  # pragma: no cover - depends on the test environment
 except ImportError:
   pass
 
-# Tests run tiny inputs, where XLA's compile time dominates: skip most of its optimisation passes
-# (as flax's examples do in their tests). Numerics are unchanged up to float rounding.
+# Tests run tiny inputs, where XLA's compile time dominates (fast_compile.py says how it is cut).
+# Numerics are unchanged up to float rounding. XLA_FLAGS is read when JAX starts its CPU backend.
+import fast_compile  # noqa: E402
+
+os.environ["XLA_FLAGS"] = fast_compile.xla_flags(os.environ.get("XLA_FLAGS", ""))
+
 import jax  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)

@@ -9,6 +9,8 @@ import json
 import os
 import sys
 
+import fast_compile
+
 
 def tiny_config(bn_group_size: int = 0):
   """MobileNetV3-Small-minimal x0.35 on 32x32 digits, batch 32, 3 steps (also run in-process).
@@ -43,7 +45,8 @@ def tiny_config(bn_group_size: int = 0):
 
 def main():
   num_devices = int(sys.argv[2])
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  os.environ["XLA_FLAGS"] = fast_compile.xla_flags(
+      f"--xla_force_host_platform_device_count={num_devices}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # compile fast; same numerics
   import jax

@@ -27,6 +27,8 @@ import pytest
 
 from mobilenet_jax import train
 
+import fast_compile
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 NUM_STEPS, CHECKPOINT_EVERY, STEP_DELAY = 12, 3, 0.15
@@ -50,9 +52,8 @@ def _command(workdir, script=None):
 
 
 def _start(workdir, cache, script=False, **faults):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", TF_CPP_MIN_LOG_LEVEL="2")
+  env = fast_compile.child_env(JAX_COMPILATION_CACHE_DIR=cache,
+                               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   env.update({f"RELIABILITY_{k.upper()}": str(v) for k, v in faults.items()})
   process = subprocess.Popen(_command(workdir, script), cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

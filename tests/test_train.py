@@ -21,13 +21,14 @@ from mobilenet_jax.train import steps
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS)
 
+import fast_compile  # noqa: E402
 from multidevice_script import tiny_config  # noqa: E402
 
 EVAL_BATCH = 64  # the 360 held-out digits are not a multiple of it: the last batch is padded
 
 
 def _start_multidevice(workdir, num_devices):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = fast_compile.child_env()
   return subprocess.Popen([sys.executable, os.path.join(TESTS, "multidevice_script.py"),
                            str(workdir), str(num_devices)], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
