@@ -40,7 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mobilenet_jax import host_memory
-from mobilenet_jax.models.fold import CPU_MICRO_BATCH, inference_function, resolve_micro_batch
+from mobilenet_jax.models.fold import (CPU_MICRO_BATCH, CPU_SIDE_BY_SIDE, inference_function,
+                                       resolve_micro_batch, resolve_side_by_side)
 from mobilenet_jax.models.registry import create_model
 from mobilenet_jax.profile import count_madds
 
@@ -184,11 +185,14 @@ def jax_runner(name: str, mode: str, batch: int, resolution: int, dtype: str,
   variables = init_variables(model, resolution)
   if mode in ("infer", "latency"):
     micro_batch = resolve_micro_batch(options.micro_batch)
+    side_by_side = resolve_side_by_side(options.side_by_side)
     predict, variables = inference_function(model, variables, fold=options.fold_bn,
-                                            micro_batch=micro_batch)
+                                            micro_batch=micro_batch, side_by_side=side_by_side)
     notes = ["BN folded"] if options.fold_bn else []
     if 0 < micro_batch < batch:
       notes.append(f"micro-batch {micro_batch}")
+      if batch >= micro_batch * side_by_side > micro_batch:
+        notes.append(f"{side_by_side} side by side")
     note = ", ".join(notes)
     compiled, compile_s, lowered = _compile(predict, variables, images)
     return Runner(lambda: compiled(variables, images).block_until_ready(), compile_s,
@@ -432,6 +436,14 @@ def _micro_batch(text: str) -> Union[int, str]:
   return int(text)
 
 
+def _side_by_side(text: str) -> Union[int, str]:
+  if text == "auto":
+    return text
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto' or an int >= 1")
+  return int(text)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="python -m mobilenet_jax.benchmark", description=__doc__.split("\n\n")[0],
@@ -459,6 +471,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--micro-batch", type=_micro_batch, default="auto",
                       help="JAX inference micro-batch (models/fold.py inference_function): auto "
                       f"({CPU_MICRO_BATCH} on CPU, whole batch elsewhere), 0 = whole batch")
+  parser.add_argument("--side-by-side", type=_side_by_side, default="auto",
+                      help="JAX inference micro-batches computed independently per loop step "
+                      f"(models/fold.py): auto ({CPU_SIDE_BY_SIDE} on CPU, 1 elsewhere)")
   parser.add_argument("--threads", type=int, default=0,
                       help="torch intra-op threads; 0: as many as XLA uses (the CPU count)")
   parser.add_argument("--torch-device", default="auto", help="auto (cuda if available), cpu, cuda")

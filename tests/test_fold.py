@@ -9,7 +9,8 @@ import pytest
 from flax import linen as nn
 
 import mobilenet_jax as mj
-from mobilenet_jax.models.fold import BiasOnly, batch_norm_epsilon, fold_batch_norm
+from mobilenet_jax.models.fold import (BiasOnly, batch_norm_epsilon, fold_batch_norm,
+                                       inference_function)
 
 
 def _random_variables(model, x, seed):
@@ -91,3 +92,21 @@ def test_bias_only_adds_a_bias():
   variables = {"params": {"bias": jnp.arange(3.0)}}
   np.testing.assert_array_equal(module.apply(variables, jnp.ones((2, 3))),
                                 jnp.broadcast_to(1 + jnp.arange(3.0), (2, 3)))
+
+
+def test_inference_function_micro_batches_give_the_logits_of_the_whole_batch():
+  """Micro-batches of 2, two side by side per loop step, for batch sizes that take every path."""
+  model = mj.create_model("mobilenet_v3_small_minimal", width_multiplier=0.35, num_classes=10)
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((7, 32, 32, 3)), jnp.float32)
+  variables = _random_variables(model, x, seed=4)
+  expected = np.asarray(_logits(model, variables, x))
+  predict, folded = inference_function(model, variables, micro_batch=2, side_by_side=2)
+  for batch in (1, 3, 4, 7):  # whole; 1 micro-batch + 1; 2 side by side; 1 step of 2 + 3 left
+    np.testing.assert_allclose(predict(folded, x[:batch]), expected[:batch], rtol=1e-4,
+                               atol=1e-4, err_msg=f"batch {batch}")
+  one_at_a_time, folded = inference_function(model, variables, micro_batch=2, side_by_side=1)
+  np.testing.assert_allclose(one_at_a_time(folded, x), expected, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="side_by_side must be"):
+    inference_function(model, variables, side_by_side=0)
+  with pytest.raises(ValueError, match="micro_batch must be"):
+    inference_function(model, variables, micro_batch=-1)
