@@ -18,10 +18,9 @@ import statistics
 import sys
 import time
 
-from mobilenet_jax import host_memory
+from mobilenet_jax import benchmark, host_memory
 
-MODELS = {"v1": "mobilenet_v1", "v2": "mobilenet_v2", "v3_large": "mobilenet_v3_large",
-          "v3_small": "mobilenet_v3_small"}
+MODELS = benchmark.MODELS  # the benchmark's keys: v1, v2, v3_large, v3_small
 
 
 def parse_layout(text: str) -> tuple[int, int]:
@@ -34,17 +33,16 @@ def parse_layout(text: str) -> tuple[int, int]:
 def compare(name: str, layouts: list[tuple[int, int]], rounds: int, batch: int = 32,
             resolution: int = 224) -> dict[tuple[int, int], float]:
   """Median seconds per call of each layout, timed in alternation."""
-  import jax
   import jax.numpy as jnp
   import numpy as np
 
   from mobilenet_jax import create_model
   from mobilenet_jax.models.fold import inference_function
 
-  model = create_model(name, num_classes=1000)
+  model = create_model(name, num_classes=benchmark.NUM_CLASSES)
   images = jnp.asarray(np.random.default_rng(0).standard_normal(
       (batch, resolution, resolution, 3), np.float32))
-  variables = jax.jit(lambda: model.init(jax.random.key(0), images[:1], train=False))()
+  variables = benchmark.init_variables(model, resolution)
   compiled = {}
   for micro_batch, side_by_side in layouts:
     predict, folded = inference_function(model, variables, micro_batch=micro_batch,

@@ -428,20 +428,15 @@ def _csv(kind: Callable[[str], Any], choices: Optional[Sequence[str]] = None
   return parse
 
 
-def _micro_batch(text: str) -> Union[int, str]:
-  if text == "auto":
-    return text
-  if not text.isdigit():
-    raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto' or an int >= 0")
-  return int(text)
-
-
-def _side_by_side(text: str) -> Union[int, str]:
-  if text == "auto":
-    return text
-  if not text.isdigit() or int(text) < 1:
-    raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto' or an int >= 1")
-  return int(text)
+def _auto_or_int(minimum: int) -> Callable[[str], Union[int, str]]:
+  """An argparse type: 'auto' or an int >= `minimum`."""
+  def parse(text: str) -> Union[int, str]:
+    if text == "auto":
+      return text
+    if not text.isdigit() or int(text) < minimum:
+      raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto' or an int >= {minimum}")
+    return int(text)
+  return parse
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -468,10 +463,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="JAX depthwise implementation (models/layers.py DEPTHWISE_IMPLS)")
   parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                       help="JAX inference without folding BatchNorm into the convolutions")
-  parser.add_argument("--micro-batch", type=_micro_batch, default="auto",
+  parser.add_argument("--micro-batch", type=_auto_or_int(0), default="auto",
                       help="JAX inference micro-batch (models/fold.py inference_function): auto "
                       f"({CPU_MICRO_BATCH} on CPU, whole batch elsewhere), 0 = whole batch")
-  parser.add_argument("--side-by-side", type=_side_by_side, default="auto",
+  parser.add_argument("--side-by-side", type=_auto_or_int(1), default="auto",
                       help="JAX inference micro-batches computed independently per loop step "
                       f"(models/fold.py): auto ({CPU_SIDE_BY_SIDE} on CPU, 1 elsewhere)")
   parser.add_argument("--threads", type=int, default=0,

@@ -22,6 +22,7 @@ MobileNetV2 training step, batch 32, 224, 2-core CPU, interleaved A/B in one pro
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Optional
 
 import jax
@@ -93,17 +94,10 @@ def _batch_norm_activation_bwd(axes, epsilon, activation, out_dtype, residuals, 
   # z = (x - mean) * mul + bias: the gradients of its per-channel inputs.
   _, affine_vjp = jax.vjp(lambda m, m2, s: _affine_from_moments(m, m2, s, epsilon), *moments, scale)
   d_mean, d_mean_sq, d_scale = affine_vjp((g_mean - mul * sum_gz, g_var, sum_gz_centered))
-  count = _reduced_count(x, axes)
+  count = math.prod(x.shape[axis] for axis in axes)
   dx = gz * mul + d_mean / count + d_mean_sq * (2.0 / count) * xf
   d_bias = jnp.sum(sum_gz.reshape(-1, sum_gz.shape[-1]), 0).reshape(bias.shape)
   return dx.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
-
-
-def _reduced_count(x: Array, axes: tuple[int, ...]) -> int:
-  count = 1
-  for axis in axes:
-    count *= x.shape[axis]
-  return count
 
 
 batch_norm_activation.defvjp(_batch_norm_activation_fwd, _batch_norm_activation_bwd)
