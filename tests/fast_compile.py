@@ -3,7 +3,8 @@
 The tests run tiny networks, where compiling costs far more than running: most of XLA's optimisation
 passes are skipped (`JAX_DISABLE_MOST_OPTIMIZATIONS`, as flax's examples do in their tests) and
 XLA:CPU's older loop emitters replace its MLIR fusion emitters, which halves the compile time of an
-unoptimised training step (MobileNetV2 x0.35 at 32 px, batch 32, jit(grad): 5.8 -> 3.0 s here).
+unoptimised training step (MobileNetV2 x0.35 at 32 px, batch 32, jit(grad): 5.5 -> 2.6 s on a
+2-core CPU, `python experiments/startup_costs.py --studies fusion_emitters`).
 Results are the same operations with the same float32 semantics; the rounding may differ in the
 last bits.
 """

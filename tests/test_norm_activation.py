@@ -109,7 +109,8 @@ def test_network_gradients_and_variables_unchanged(monkeypatch):
   model = create_model("mobilenet_v3_small", width_multiplier=0.5, num_classes=10)
   images = jnp.asarray(np.random.default_rng(1).normal(size=(4, 32, 32, 3)), jnp.float32)
   init = lambda: model.init(jax.random.key(0), images, train=False)
-  variables = jax.jit(init)()  # one compilation instead of hundreds of eager ops
+  # One compilation, not hundreds of eager ops (22.5 vs 7.7 s, experiments/startup_costs.py).
+  variables = jax.jit(init)()
 
   def step(params):
     def loss(params):
