@@ -1,14 +1,23 @@
-"""CPU inference layouts compared in one process: micro-batch size x micro-batches side by side.
+"""CPU inference choices compared in one process: layouts (micro-batch size x micro-batches side by
+side) and the folded network's fusion changes, each switched off alone.
 
     python experiments/ab_inference.py                                  # V1, V2, V3-L, V3-S
     python experiments/ab_inference.py --models v2 --layouts 8x1,8x2,4x2,16x2 --rounds 15
+    python experiments/ab_inference.py --layouts 8x2 --changes pad_before_expansion,materialize_stem
 
 Each layout `MxS` is `fold.inference_function(model, variables, micro_batch=M, side_by_side=S)`:
 batch 32, 224x224, float32, BatchNorm folded, a loop over steps of S independent micro-batches of M
-images (`0x1` is the whole batch at once). All layouts of a model are compiled first, checked against
-the whole-batch logits, then timed in alternation (median of `--rounds` calls each, the first two
-dropped), so the machine's drift affects them alike. Restarts itself with host_memory.RETAIN_TUNABLES,
-as the benchmark does. The figures behind `fold.CPU_MICRO_BATCH` and `fold.CPU_SIDE_BY_SIDE`.
+images (`0x1` is the whole batch at once), printed with its speed against the first layout. Each change
+in `--changes` adds the first layout without it, printed with the speed the change buys (with / without):
+  pad_before_expansion  blocks pad their input before the expansion (`pad_before_expansion=0`
+                        turns it off; fold.CPU_PAD_BEFORE_EXPANSION_MIN_SIZE)
+  materialize_stem      the stem's output in a buffer of its own (`materialize_stem=False` turns it
+                        off; builder.stem_materialized_for)
+All variants of a model are compiled first, checked against the first one's logits, then timed in
+alternation (median of `--rounds` calls each, the first two dropped); the speed-ups printed are
+medians of per-round ratios to the first variant, so the machine's drift affects them little.
+Restarts itself with host_memory.RETAIN_TUNABLES, as the benchmark does. The figures behind
+`fold.CPU_MICRO_BATCH`, `fold.CPU_SIDE_BY_SIDE` and `fold.CPU_PAD_BEFORE_EXPANSION_MIN_SIZE`.
 """
 
 from __future__ import annotations
@@ -17,10 +26,12 @@ import argparse
 import statistics
 import sys
 import time
+from typing import Optional
 
 from mobilenet_jax import benchmark, host_memory
 
 MODELS = benchmark.MODELS  # the benchmark's keys: v1, v2, v3_large, v3_small
+CHANGES = ("pad_before_expansion", "materialize_stem")
 
 
 def parse_layout(text: str) -> tuple[int, int]:
@@ -30,9 +41,10 @@ def parse_layout(text: str) -> tuple[int, int]:
   return int(micro_batch), int(side_by_side)
 
 
-def compare(name: str, layouts: list[tuple[int, int]], rounds: int, batch: int = 32,
-            resolution: int = 224) -> dict[tuple[int, int], float]:
-  """Median seconds per call of each layout, timed in alternation."""
+def compare(name: str, variants: dict[str, tuple[int, int, Optional[str]]], rounds: int,
+            batch: int = 32, resolution: int = 224) -> dict[str, tuple[float, float]]:
+  """Median seconds per call of each variant `label: (micro_batch, side_by_side, change off)`,
+  and its speed relative to the first variant: the median over rounds of first time / its time."""
   import jax.numpy as jnp
   import numpy as np
 
@@ -44,25 +56,31 @@ def compare(name: str, layouts: list[tuple[int, int]], rounds: int, batch: int =
       (batch, resolution, resolution, 3), np.float32))
   variables = benchmark.init_variables(model, resolution)
   compiled = {}
-  for micro_batch, side_by_side in layouts:
-    predict, folded = inference_function(model, variables, micro_batch=micro_batch,
-                                         side_by_side=side_by_side)
-    compiled[micro_batch, side_by_side] = (predict.lower(folded, images).compile(), folded)
+  for label, (micro_batch, side_by_side, off) in variants.items():
+    predict, folded = inference_function(
+        model, variables, micro_batch=micro_batch, side_by_side=side_by_side,
+        pad_before_expansion=0 if off == "pad_before_expansion" else "auto",
+        materialize_stem=False if off == "materialize_stem" else "auto")
+    compiled[label] = (predict.lower(folded, images).compile(), folded)
   reference = None
-  for layout, (function, folded) in compiled.items():
+  for label, (function, folded) in compiled.items():
     logits = np.asarray(function(folded, images))
     if reference is None:
       reference = logits
     scale = float(np.abs(reference).max())
-    assert float(np.abs(logits - reference).max()) <= 1e-4 * scale, f"{layout}: different logits"
-  times = {layout: [] for layout in compiled}
+    assert float(np.abs(logits - reference).max()) <= 1e-4 * scale, f"{label}: different logits"
+  times = {label: [] for label in compiled}
   for _ in range(rounds):
-    for layout, (function, folded) in compiled.items():
+    for label, (function, folded) in compiled.items():
       time.sleep(0.05)  # let the previous call's threads go idle
       start = time.perf_counter()
       function(folded, images).block_until_ready()
-      times[layout].append(time.perf_counter() - start)
-  return {layout: statistics.median(t[2:] if len(t) > 4 else t) for layout, t in times.items()}
+      times[label].append(time.perf_counter() - start)
+  first = times[next(iter(times))]
+  # Each variant against the first, per round: adjacent calls share the machine's load.
+  return {label: (statistics.median(t[2:] if len(t) > 4 else t),
+                  statistics.median(a / b for a, b in zip(first, t)))
+          for label, t in times.items()}
 
 
 def main(argv=None) -> None:
@@ -70,17 +88,27 @@ def main(argv=None) -> None:
   parser.add_argument("--models", default=",".join(MODELS), help=f"comma list of {list(MODELS)}")
   parser.add_argument("--layouts", default="8x1,8x2",
                       help="comma list of MxS: micro-batch M, S of them side by side")
-  parser.add_argument("--rounds", type=int, default=13, help="timed calls per layout")
+  parser.add_argument("--changes", default="", help=f"comma list of {list(CHANGES)}")
+  parser.add_argument("--rounds", type=int, default=13, help="timed calls per variant")
   args = parser.parse_args(argv)
   layouts = [parse_layout(t) for t in args.layouts.split(",")]
+  changes = [c for c in args.changes.split(",") if c]
+  for change in changes:
+    if change not in CHANGES:
+      parser.error(f"unknown change {change!r}; choose from {list(CHANGES)}")
+  variants = {f"{m}x{s}": (m, s, None) for m, s in layouts}
+  first = next(iter(variants))
+  variants.update({f"{first} without {c}": (*layouts[0], c) for c in changes})
   for key in args.models.split(","):
     if key not in MODELS:
       parser.error(f"unknown model {key!r}; choose from {list(MODELS)}")
-    medians = compare(MODELS[key], layouts, args.rounds)
-    first = medians[layouts[0]]
+    medians = compare(MODELS[key], variants, args.rounds)
+    # A layout: its speed against the first layout; a change: the first layout's speed with the
+    # change against without it.
     print(f"{MODELS[key]:20s}" + "  ".join(
-        f"{m}x{s}: {1e3 * t:6.1f} ms ({first / t:.2f}x)" for (m, s), t in medians.items()),
-        flush=True)
+        f"{label}: {1e3 * t:6.1f} ms ({speed:.2f}x)" if variants[label][2] is None else
+        f"{label}: {1e3 * t:6.1f} ms ({variants[label][2]} buys {1 / speed:.2f}x)"
+        for label, (t, speed) in medians.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import pytest
 from flax import linen as nn
 
 import mobilenet_jax as mj
+from mobilenet_jax.models.blocks import InvertedResidual
+from mobilenet_jax.models.builder import stem_materialized_for
 from mobilenet_jax.models.fold import (BiasOnly, batch_norm_epsilon, fold_batch_norm,
                                        inference_function)
 
@@ -110,3 +112,65 @@ def test_inference_function_micro_batches_give_the_logits_of_the_whole_batch():
     inference_function(model, variables, side_by_side=0)
   with pytest.raises(ValueError, match="micro_batch must be"):
     inference_function(model, variables, micro_batch=-1)
+
+
+@pytest.mark.parametrize("strides,size,padding,kernel_size", [
+    (1, 9, "same", 3), (2, 10, "same", 3), (2, 11, "symmetric", 5), (2, 9, "same", 5)])
+def test_padding_before_the_expansion_gives_the_block_output(strides, size, padding, kernel_size):
+  """The expanded border is set back to zero: without that, the bias and activation of the border
+  pixels (non-zero here) would enter the depthwise convolution."""
+  norm = functools.partial(BiasOnly)
+  block = InvertedResidual(8, expansion=4, kernel_size=kernel_size, strides=strides, norm=norm,
+                           activation=jax.nn.hard_swish, padding=padding)
+  x = jnp.asarray(np.random.default_rng(5).standard_normal((2, size, size, 8)), jnp.float32)
+  shapes = jax.eval_shape(block.init, jax.random.key(0), x)
+  rng = np.random.default_rng(6)
+  variables = jax.tree.map(lambda leaf: jnp.asarray(0.5 * rng.standard_normal(leaf.shape),
+                                                    jnp.float32), shapes)
+  expected = block.apply(variables, x)
+  padded = block.clone(pad_before_expansion=True)
+  got, state = padded.apply(variables, x, capture_intermediates=True)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  expanded = state["intermediates"]["expand"]["__call__"][0]
+  pads = [mj.models.layers.padding_for(size, kernel_size, strides, padding)] * 2
+  assert expanded.shape[1:3] == tuple(size + sum(p) for p in pads)
+  with pytest.raises(ValueError, match="inference"):
+    padded.apply(variables, x, train=True)
+
+
+@pytest.mark.parametrize("name,size,options", [
+    ("mobilenet_v2", 34, dict(width_multiplier=0.35)),
+    ("mobilenet_v3_small", 35, dict(width_multiplier=0.35, padding="symmetric")),
+])
+def test_inference_function_padding_before_the_expansion_keeps_the_logits(name, size, options):
+  model = mj.create_model(name, num_classes=10, **options)
+  x = jnp.asarray(np.random.default_rng(7).standard_normal((2, size, size, 3)), jnp.float32)
+  variables = _random_variables(model, x, seed=8)
+  expected = np.asarray(_logits(model, variables, x))
+  # min size 1: every block with an expansion pads its input first
+  predict, folded = inference_function(model, variables, micro_batch=0, pad_before_expansion=1)
+  np.testing.assert_allclose(predict(folded, x), expected, rtol=1e-4,
+                             atol=1e-5 * float(np.abs(expected).max()))
+  with pytest.raises(ValueError, match="pad_before_expansion must be"):
+    inference_function(model, variables, pad_before_expansion=-1)
+  with pytest.raises(ValueError, match="pad_before_expansion_min_size must be"):
+    model.clone(pad_before_expansion_min_size=-1).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("name,reads_only_depthwise", [
+    ("mobilenet_v1", True), ("mobilenet_v2", True), ("mobilenet_v3_large", False),
+    ("mobilenet_v3_small", False)])
+def test_stem_is_materialized_where_only_the_first_depthwise_reads_it(name, reads_only_depthwise):
+  """V3-Large's first block adds the stem back (shortcut), so its stem output is stored anyway;
+  V3-Small's first depthwise convolution has stride 2.
+  Full width: at 0.25, V2's first block has a shortcut too (8 -> 8 channels) and V3-Large's not."""
+  model = mj.create_model(name, num_classes=10)
+  assert stem_materialized_for(model.network_spec()) == reads_only_depthwise
+  x = jnp.zeros((1, 32, 32, 3))
+
+  def conditionals(model, train=False):
+    jaxpr = jax.make_jaxpr(functools.partial(model.init, train=train))(jax.random.key(0), x)
+    return str(jaxpr).count("cond[")
+  assert conditionals(model) == 0
+  assert conditionals(model.clone(materialize_stem=True)) == int(reads_only_depthwise)
+  assert conditionals(model.clone(materialize_stem=True), train=True) == conditionals(model, True)

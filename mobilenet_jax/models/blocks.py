@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mobilenet_jax.models.layers import (Activation, Array, ConvNormAct, ModuleDef, SqueezeExcite,
-                                         bind_norm, make_divisible)
+                                         bind_norm, make_divisible, pad_spatial, spatial_padding,
+                                         zero_border)
 
 
 class DepthwiseSeparable(nn.Module):
@@ -44,6 +45,13 @@ class InvertedResidual(nn.Module):
   it equals the input width, e.g. t=1), depthwise kxk with stride, optional squeeze-excite on the
   expanded features, then a *linear* 1x1 projection (the linear bottleneck, section 3.2).
   The input is added back when stride is 1 and the widths match, with optional stochastic depth.
+
+  `pad_before_expansion` (inference only, for a norm that acts on each pixel alone: BatchNorm with
+  running statistics, the folded network's bias): the depthwise convolution's zero padding is
+  applied to the narrow block input before the expansion, and the expanded border is set back to
+  zero after its activation, instead of padding the expanded tensor. Same logits; on CPU it saves a
+  pass over the widest tensor of the block, because XLA then fuses the bias and activation into the
+  depthwise convolution (see fold.CPU_PAD_BEFORE_EXPANSION_MIN_SIZE).
   """
   features: int
   expansion: float = 6.0
@@ -59,6 +67,7 @@ class InvertedResidual(nn.Module):
   drop_path_rate: float = 0.0
   padding: str = "same"
   depthwise_impl: str = "auto"
+  pad_before_expansion: bool = False
   dtype: Optional[jnp.dtype] = None
   param_dtype: jnp.dtype = jnp.float32
 
@@ -70,9 +79,17 @@ class InvertedResidual(nn.Module):
                              depthwise_impl=self.depthwise_impl, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     shortcut = x
-    if expanded != in_features:
+    depthwise_padding = self.padding
+    if expanded != in_features and self.pad_before_expansion:
+      if train:
+        raise ValueError("pad_before_expansion is for inference (train=False) only: a norm with "
+                         "batch statistics would count the padding")
+      pads = spatial_padding(x, self.kernel_size, self.strides, self.padding)
+      x = unit(expanded, 1, activation=self.activation, name="expand")(pad_spatial(x, pads))
+      x, depthwise_padding = zero_border(x, pads), "valid"
+    elif expanded != in_features:
       x = unit(expanded, 1, activation=self.activation, name="expand")(x)
-    x = unit(expanded, self.kernel_size, self.strides, depthwise=True,
+    x = unit(expanded, self.kernel_size, self.strides, depthwise=True, padding=depthwise_padding,
              activation=self.activation, name="depthwise")(x)
     if self.use_se:
       x = SqueezeExcite(self.se_features, activation=self.se_activation, gate=self.se_gate,

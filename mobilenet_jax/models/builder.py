@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mobilenet_jax.models.blocks import DepthwiseSeparable, InvertedResidual
+from mobilenet_jax.models.fusion_barrier import materialized
 from mobilenet_jax.models.layers import (ACTIVATIONS, PADDING_MODES, Activation, Array, ConvNormAct,
                                          ModuleDef, bind_norm, classifier_kernel_init,
                                          global_average_pool, resolve_depthwise_impl)
@@ -65,6 +66,25 @@ def check_positive(name: str, value: float) -> None:
                      "0.5 or 0.35")
 
 
+def stem_materialized_for(spec: NetworkSpec) -> bool:
+  """Whether `MobileNet.materialize_stem` applies: the first block starts with a stride-1
+  depthwise convolution (no expansion) and has no shortcut, so that convolution alone reads the stem
+  (V1, V2).
+
+  XLA:CPU otherwise fuses the stem's k*k*3 multiply-adds both into the pass that pads the stem's
+  output and into the depthwise pass, whose centre tap it simplifies to the unpadded tensor, and
+  so computes the stem twice. Where a shortcut also reads the stem (V3-Large) its output is stored
+  anyway; at stride 2 (V3-Small) no tap is the unpadded tensor; in both the extra buffer is a cost.
+  """
+  first = spec.blocks[0]
+  if first.stride != 1:
+    return False
+  if first.kind == "separable":
+    return True
+  return (first.kind == "inverted_residual" and first.expanded_features == spec.stem.features
+          and first.features != spec.stem.features)
+
+
 class MobileNet(nn.Module):
   """Base class of every MobileNet: the options common to all of them and the generic builder.
 
@@ -87,6 +107,12 @@ class MobileNet(nn.Module):
   depthwise_impl: str = "auto"           # see layers.resolve_depthwise_impl
   norm_layer: Optional[ModuleDef] = None  # replaces BatchNorm: a factory such as partial(nn.GroupNorm, 8)
   activation: Optional[Activation] = None  # replaces every activation of the table when set
+  # Inference only: inverted residual blocks whose input is at least this high and wide pad it
+  # before the expansion (InvertedResidual.pad_before_expansion); 0 never. Set by fold on CPU.
+  pad_before_expansion_min_size: int = 0
+  # Inference only: compute the stem's output into a buffer of its own when the first block's
+  # depthwise convolution is its only reader (`stem_materialized_for`). Set by fold on CPU.
+  materialize_stem: bool = False
 
   def network_spec(self) -> NetworkSpec:
     raise NotImplementedError
@@ -101,6 +127,10 @@ class MobileNet(nn.Module):
     rate = self.dropout_rate
     if rate is not None and not 0 <= rate < 1:
       raise ValueError(f"dropout_rate must be in [0, 1), got {rate}")
+    if not (isinstance(self.pad_before_expansion_min_size, int)
+            and self.pad_before_expansion_min_size >= 0):
+      raise ValueError(f"pad_before_expansion_min_size must be an int >= 0 (0: never), got "
+                       f"{self.pad_before_expansion_min_size!r}")
     if not 0 <= self.drop_path_rate < 1:
       raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
     self.network_spec()
@@ -129,6 +159,8 @@ class MobileNet(nn.Module):
       x = x.astype(self.dtype)
     x = unit(spec.stem.features, spec.stem.kernel_size, spec.stem.stride,
              activation=self._act(spec.stem.activation), name="stem")(x)
+    if self.materialize_stem and not train and stem_materialized_for(spec):
+      x = materialized(x, x[0, 0, 0, 0])
     stride = spec.stem.stride
     feature_maps = {stride: x}
     num_blocks = len(spec.blocks)
@@ -148,6 +180,7 @@ class MobileNet(nn.Module):
             use_se=layer.se_features is not None, se_features=layer.se_features,
             activation=self._act(layer.activation),
             drop_path_rate=self.drop_path_rate * i / num_blocks,
+            pad_before_expansion=0 < self.pad_before_expansion_min_size <= min(x.shape[1:3]),
             depthwise_impl=self.depthwise_impl, name=name, **common)(x, train)
       else:
         raise ValueError(f"unknown layer kind {layer.kind!r}")

@@ -152,9 +152,33 @@ def resolve_side_by_side(side_by_side: Union[int, str] = "auto") -> int:
   return side_by_side
 
 
+# Inverted residual blocks with an input at least this high and wide pad it before the expansion
+# on CPU (blocks.InvertedResidual.pad_before_expansion), in folded networks: XLA:CPU had written
+# the expanded tensor a second time, activated and padded, before the depthwise pass. The expansion
+# then also runs on the border pixels (58^2 / 56^2 = 7% more of its multiply-adds at 56x56, 31% at
+# 14x14), which pays only where the expanded tensor is large. `python experiments/ab_inference.py
+# --layouts 8x2 --changes pad_before_expansion,materialize_stem --rounds 31` (batch 32, 224, 2-core
+# CPU; speed with it against without, medians of per-round ratios): V2 1.06x, V3-Large 1.01x,
+# V3-Small 0.99x (V1 has no expansion: 1.02x, the noise of this measure); the same run, for
+# `materialize_stem`: V1 1.05x, V2 1.06x (not applied to V3: 1.00x, 0.99x).
+CPU_PAD_BEFORE_EXPANSION_MIN_SIZE = 56
+
+
+def resolve_pad_before_expansion(min_size: Union[int, str] = "auto") -> int:
+  """The `pad_before_expansion_min_size` of the folded model: "auto" is
+  `CPU_PAD_BEFORE_EXPANSION_MIN_SIZE` on CPU and 0 (never) elsewhere; an int >= 0 is itself."""
+  if min_size == "auto":
+    return CPU_PAD_BEFORE_EXPANSION_MIN_SIZE if jax.default_backend() == "cpu" else 0
+  if not isinstance(min_size, int) or min_size < 0:
+    raise ValueError(f"pad_before_expansion must be 'auto' or an int >= 0, got {min_size!r}")
+  return min_size
+
+
 def inference_function(model: MobileNet, variables: Mapping[str, Any], *,
                        fold: bool = True, micro_batch: Union[int, str, None] = "auto",
-                       side_by_side: Union[int, str] = "auto"
+                       side_by_side: Union[int, str] = "auto",
+                       pad_before_expansion: Union[int, str] = "auto",
+                       materialize_stem: Union[bool, str] = "auto"
                        ) -> tuple[Callable[[Any, Array], Array], dict[str, Any]]:
   """Returns `(predict, predict_variables)` with `predict(predict_variables, images) -> logits`.
 
@@ -162,11 +186,19 @@ def inference_function(model: MobileNet, variables: Mapping[str, Any], *,
   "auto" splits batches larger than `CPU_MICRO_BATCH` into micro-batches on CPU (a `lax.map`
   inside the one compiled program) and runs whole batches on accelerators; an int forces a
   micro-batch size, None or 0 disables it. Each step of that loop computes `side_by_side`
-  micro-batches independently ("auto": `CPU_SIDE_BY_SIDE` on CPU). The logits are those of
+  micro-batches independently ("auto": `CPU_SIDE_BY_SIDE` on CPU). With `fold`, blocks whose
+  input is at least `pad_before_expansion` pixels high and wide pad it before their expansion
+  ("auto": `CPU_PAD_BEFORE_EXPANSION_MIN_SIZE` on CPU, 0 never), and `materialize_stem` ("auto":
+  on CPU) stores the stem's output where `builder.stem_materialized_for` says. The logits are those of
   `model.apply(variables, images)` up to float rounding, for any batch size.
   """
   if fold:
     model, variables = fold_batch_norm(model, variables)
+    if materialize_stem == "auto":
+      materialize_stem = jax.default_backend() == "cpu"
+    model = model.clone(
+        pad_before_expansion_min_size=resolve_pad_before_expansion(pad_before_expansion),
+        materialize_stem=bool(materialize_stem))
   else:
     variables = dict(variables)
   micro_batch = resolve_micro_batch(micro_batch)

@@ -54,7 +54,10 @@ def padding_for(size: int, kernel_size: int, stride: int, mode: str) -> tuple[in
   "same": TensorFlow/Keras SAME, the extra pixel of an even input at stride 2 goes after (bottom/right).
   "symmetric": PyTorch's `(k - 1) // 2` on both sides (torchvision, timm non-`tf_` weights).
   The two agree at stride 1 and odd kernels; ported weights need the matching one.
+  "valid" (no padding) is for layers whose input arrives already padded (`zero_border`).
   """
+  if mode == "valid":
+    return 0, 0
   if mode == "symmetric":
     pad = (kernel_size - 1) // 2
     return pad, pad
@@ -65,7 +68,7 @@ def padding_for(size: int, kernel_size: int, stride: int, mode: str) -> tuple[in
   raise ValueError(f"padding must be one of {PADDING_MODES}, got {mode!r}")
 
 
-def _spatial_padding(x: Array, kernel_size: int, stride: int, mode: str) -> list[tuple[int, int]]:
+def spatial_padding(x: Array, kernel_size: int, stride: int, mode: str) -> list[tuple[int, int]]:
   return [padding_for(x.shape[1], kernel_size, stride, mode),
           padding_for(x.shape[2], kernel_size, stride, mode)]
 
@@ -99,11 +102,21 @@ def resolve_depthwise_impl(impl: str) -> str:
   return impl
 
 
-def _pad_spatial(x: Array, padding: Sequence[tuple[int, int]]) -> Array:
+def pad_spatial(x: Array, padding: Sequence[tuple[int, int]]) -> Array:
   """Zero-pads (or, for negative amounts, crops) the H and W axes of NHWC `x`."""
   (top, bottom), (left, right) = padding
   return jax.lax.pad(x, jnp.zeros((), x.dtype),
                      ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+
+
+def zero_border(x: Array, padding: Sequence[tuple[int, int]]) -> Array:
+  """`x` with the `padding` rows and columns at its H and W borders set to zero."""
+  (top, bottom), (left, right) = padding
+  height, width = x.shape[1], x.shape[2]
+  rows = jax.lax.broadcasted_iota(jnp.int32, (1, height, width, 1), 1)
+  cols = jax.lax.broadcasted_iota(jnp.int32, (1, height, width, 1), 2)
+  inside = (rows >= top) & (rows < height - bottom) & (cols >= left) & (cols < width - right)
+  return jnp.where(inside, x, jnp.zeros((), x.dtype))
 
 
 def _output_size(size: int, kernel_size: int, stride: int, pad: tuple[int, int]) -> int:
@@ -116,7 +129,7 @@ def _taps(x: Array, kernel_hw: tuple[int, int], stride: int,
   kh, kw = kernel_hw
   out_h = _output_size(x.shape[1], kh, stride, padding[0])
   out_w = _output_size(x.shape[2], kw, stride, padding[1])
-  xp = _pad_spatial(x, padding)
+  xp = pad_spatial(x, padding)
   for i in range(kh):
     for j in range(kw):
       yield i, j, jax.lax.slice(xp, (0, i, j, 0),
@@ -202,12 +215,12 @@ def _shifted_kernel_grad(x: Array, g: Array, kernel_shape: Sequence[int], stride
   n, out_h, out_w, channels = g.shape
   row_group = row_group or _row_group(out_h)
   groups = -(-out_h // row_group)
-  g = _pad_spatial(g.astype(jnp.float32), ((0, groups * row_group - out_h), (0, 0)))
+  g = pad_spatial(g.astype(jnp.float32), ((0, groups * row_group - out_h), (0, 0)))
   x = x.astype(jnp.float32)
   # x rows reached by the padded output rows, (groups * row_group - 1) * stride + kh in all.
   (top, bottom), (left, right) = padding
   bottom += max(0, (groups * row_group - 1) * stride + kh - (x.shape[1] + top + bottom))
-  xp = _pad_spatial(x, ((top, bottom), (left, right)))
+  xp = pad_spatial(x, ((top, bottom), (left, right)))
   partial_sums = []
   for i in range(kh):
     for j in range(kw):
@@ -394,7 +407,7 @@ class DepthwiseConv(nn.Module):
     kernel = self.param("kernel", self.kernel_init,
                         (self.kernel_size, self.kernel_size, 1, channels), self.param_dtype)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    pads = _spatial_padding(x, self.kernel_size, self.strides, self.padding)
+    pads = spatial_padding(x, self.kernel_size, self.strides, self.padding)
     return depthwise_conv(x, kernel, self.strides, pads, resolve_depthwise_impl(self.impl))
 
 
@@ -424,7 +437,7 @@ class ConvNormAct(nn.Module):
       x = DepthwiseConv(self.kernel_size, self.strides, self.padding, self.depthwise_impl,
                         dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
     else:
-      pads = _spatial_padding(x, self.kernel_size, self.strides, self.padding)
+      pads = spatial_padding(x, self.kernel_size, self.strides, self.padding)
       x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), self.strides, padding=pads,
                   use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                   kernel_init=conv_kernel_init, conv_general_dilated=conv_general_dilated_fast,
