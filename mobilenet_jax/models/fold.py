@@ -160,7 +160,9 @@ def resolve_side_by_side(side_by_side: Union[int, str] = "auto") -> int:
 # --layouts 8x2 --changes pad_before_expansion,materialize_stem --rounds 31` (batch 32, 224, 2-core
 # CPU; speed with it against without, medians of per-round ratios): V2 1.06x, V3-Large 1.01x,
 # V3-Small 0.99x (V1 has no expansion: 1.02x, the noise of this measure); the same run, for
-# `materialize_stem`: V1 1.05x, V2 1.06x (not applied to V3: 1.00x, 0.99x).
+# `materialize_stem`: V1 1.05x, V2 1.06x (not applied to V3: 1.00x, 0.99x). The blocks it applies
+# to in V2 and V3 expand with ReLU6 or ReLU; the activation is recomputed for each depthwise tap,
+# and with hard-swish a scratch test of one block (56x56, 24 -> 72 channels, 3x3) was 18% slower.
 CPU_PAD_BEFORE_EXPANSION_MIN_SIZE = 56
 
 
