@@ -7,8 +7,9 @@ side) and the folded network's fusion changes, each switched off alone.
 
 Each layout `MxS` is `fold.inference_function(model, variables, micro_batch=M, side_by_side=S)`:
 batch 32, 224x224, float32, BatchNorm folded, a loop over steps of S independent micro-batches of M
-images (`0x1` is the whole batch at once), printed with its speed against the first layout. Each change
-in `--changes` adds the first layout without it, printed with the speed the change buys (with / without):
+images (`0x1` is the whole batch at once), printed with its speed against the first layout. Each
+change in `--changes` adds the first layout without it, printed with the speed the change buys
+(with / without):
   pad_before_expansion  blocks pad their input before the expansion (`pad_before_expansion=0`
                         turns it off; fold.CPU_PAD_BEFORE_EXPANSION_MIN_SIZE)
   materialize_stem      the stem's output in a buffer of its own (`materialize_stem=False` turns it

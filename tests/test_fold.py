@@ -153,6 +153,8 @@ def test_inference_function_padding_before_the_expansion_keeps_the_logits(name, 
                              atol=1e-5 * float(np.abs(expected).max()))
   with pytest.raises(ValueError, match="pad_before_expansion must be"):
     inference_function(model, variables, pad_before_expansion=-1)
+  with pytest.raises(ValueError, match="materialize_stem must be"):
+    inference_function(model, variables, materialize_stem="yes")
   with pytest.raises(ValueError, match="pad_before_expansion_min_size must be"):
     model.clone(pad_before_expansion_min_size=-1).init(jax.random.key(0), x)
 

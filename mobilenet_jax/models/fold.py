@@ -191,9 +191,11 @@ def inference_function(model: MobileNet, variables: Mapping[str, Any], *,
   micro-batches independently ("auto": `CPU_SIDE_BY_SIDE` on CPU). With `fold`, blocks whose
   input is at least `pad_before_expansion` pixels high and wide pad it before their expansion
   ("auto": `CPU_PAD_BEFORE_EXPANSION_MIN_SIZE` on CPU, 0 never), and `materialize_stem` ("auto":
-  on CPU) stores the stem's output where `builder.stem_materialized_for` says. The logits are those of
-  `model.apply(variables, images)` up to float rounding, for any batch size.
+  on CPU) stores the stem's output where `builder.stem_materialized_for` says. The logits are
+  those of `model.apply(variables, images)` up to float rounding, for any batch size.
   """
+  if materialize_stem not in ("auto", True, False):
+    raise ValueError(f"materialize_stem must be 'auto', True or False, got {materialize_stem!r}")
   if fold:
     model, variables = fold_batch_norm(model, variables)
     if materialize_stem == "auto":
