@@ -41,7 +41,7 @@ import numpy as np
 
 from mobilenet_jax import host_memory
 from mobilenet_jax.models.fold import (CPU_MICRO_BATCH, CPU_SIDE_BY_SIDE, inference_function,
-                                       resolve_micro_batch, resolve_side_by_side)
+                                       loop_layout, resolve_micro_batch, resolve_side_by_side)
 from mobilenet_jax.models.registry import create_model
 from mobilenet_jax.profile import count_madds
 
@@ -189,10 +189,11 @@ def jax_runner(name: str, mode: str, batch: int, resolution: int, dtype: str,
     predict, variables = inference_function(model, variables, fold=options.fold_bn,
                                             micro_batch=micro_batch, side_by_side=side_by_side)
     notes = ["BN folded"] if options.fold_bn else []
-    if 0 < micro_batch < batch:
-      notes.append(f"micro-batch {micro_batch}")
-      if batch >= micro_batch * side_by_side > micro_batch:
-        notes.append(f"{side_by_side} side by side")
+    size, count = loop_layout(batch, micro_batch, side_by_side)
+    if size:
+      notes.append(f"micro-batch {size}")
+    if count > 1:
+      notes.append(f"{count} side by side")
     note = ", ".join(notes)
     compiled, compile_s, lowered = _compile(predict, variables, images)
     return Runner(lambda: compiled(variables, images).block_until_ready(), compile_s,

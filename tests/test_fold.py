@@ -12,7 +12,7 @@ import mobilenet_jax as mj
 from mobilenet_jax.models.blocks import InvertedResidual
 from mobilenet_jax.models.builder import stem_materialized_for
 from mobilenet_jax.models.fold import (BiasOnly, batch_norm_epsilon, fold_batch_norm,
-                                       inference_function)
+                                       inference_function, loop_layout)
 
 
 def _random_variables(model, x, seed):
@@ -103,6 +103,9 @@ def test_inference_function_micro_batches_give_the_logits_of_the_whole_batch():
   variables = _random_variables(model, x, seed=4)
   expected = np.asarray(_logits(model, variables, x))
   predict, folded = inference_function(model, variables, micro_batch=2, side_by_side=2)
+  assert [loop_layout(batch, 2, 2) for batch in (1, 2, 3, 4, 7)] == [(0, 1), (0, 1), (2, 1),
+                                                                     (2, 2), (2, 2)]
+  assert loop_layout(32, 0, 2) == (0, 1)
   for batch in (1, 3, 4, 7):  # whole; 1 micro-batch + 1; 2 side by side; 1 step of 2 + 3 left
     np.testing.assert_allclose(predict(folded, x[:batch]), expected[:batch], rtol=1e-4,
                                atol=1e-4, err_msg=f"batch {batch}")

@@ -176,6 +176,15 @@ def resolve_pad_before_expansion(min_size: Union[int, str] = "auto") -> int:
   return min_size
 
 
+def loop_layout(batch: int, micro_batch: int, side_by_side: int) -> tuple[int, int]:
+  """`(micro_batch, side_by_side)` as `inference_function` runs a batch of `batch` images with the
+  resolved options: `(0, 1)` when it runs the batch whole; side by side only when a full step of
+  `micro_batch * side_by_side` images fits in the batch."""
+  if not micro_batch or batch <= micro_batch:
+    return 0, 1
+  return micro_batch, side_by_side if batch >= micro_batch * side_by_side else 1
+
+
 def inference_function(model: MobileNet, variables: Mapping[str, Any], *,
                        fold: bool = True, micro_batch: Union[int, str, None] = "auto",
                        side_by_side: Union[int, str] = "auto",
@@ -196,13 +205,13 @@ def inference_function(model: MobileNet, variables: Mapping[str, Any], *,
   """
   if materialize_stem not in ("auto", True, False):
     raise ValueError(f"materialize_stem must be 'auto', True or False, got {materialize_stem!r}")
+  pad_before_expansion = resolve_pad_before_expansion(pad_before_expansion)
   if fold:
     model, variables = fold_batch_norm(model, variables)
     if materialize_stem == "auto":
       materialize_stem = jax.default_backend() == "cpu"
-    model = model.clone(
-        pad_before_expansion_min_size=resolve_pad_before_expansion(pad_before_expansion),
-        materialize_stem=bool(materialize_stem))
+    model = model.clone(pad_before_expansion_min_size=pad_before_expansion,
+                        materialize_stem=materialize_stem)
   else:
     variables = dict(variables)
   micro_batch = resolve_micro_batch(micro_batch)
@@ -216,12 +225,12 @@ def inference_function(model: MobileNet, variables: Mapping[str, Any], *,
 
   def predict(variables, images):
     batch = images.shape[0]
-    if not micro_batch or batch <= micro_batch:
+    size, count = loop_layout(batch, micro_batch, side_by_side)
+    if not size:
       return apply(variables, images)
-    per_step = micro_batch * (side_by_side if batch >= micro_batch * side_by_side else 1)
+    per_step = size * count
     whole = batch - batch % per_step
-    chunks = images[:whole].reshape(whole // per_step, per_step // micro_batch, micro_batch,
-                                    *images.shape[1:])
+    chunks = images[:whole].reshape(whole // per_step, count, size, *images.shape[1:])
     out = jax.lax.map(lambda chunk: step(variables, chunk), chunks)
     out = out.reshape(whole, *out.shape[3:])
     if whole < batch:
