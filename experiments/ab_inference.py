@@ -14,11 +14,14 @@ change in `--changes` adds the first layout without it, printed with the speed t
                         turns it off; fold.CPU_PAD_BEFORE_EXPANSION_MIN_SIZE)
   materialize_stem      the stem's output in a buffer of its own (`materialize_stem=False` turns it
                         off; builder.stem_materialized_for)
+  materialize_se_input  squeeze-and-excite inputs of 28x28 and more in buffers of their own
+                        (`materialize_se_input=0` turns it off; fold.CPU_MATERIALIZE_SE_INPUT_MIN_SIZE)
 All variants of a model are compiled first, checked against the first one's logits, then timed in
 alternation (median of `--rounds` calls each, the first two dropped); the speed-ups printed are
 medians of per-round ratios to the first variant, so the machine's drift affects them little.
 Restarts itself with host_memory.RETAIN_TUNABLES, as the benchmark does. The figures behind
-`fold.CPU_MICRO_BATCH`, `fold.CPU_SIDE_BY_SIDE` and `fold.CPU_PAD_BEFORE_EXPANSION_MIN_SIZE`.
+`fold.CPU_MICRO_BATCH`, `fold.CPU_SIDE_BY_SIDE`, `fold.CPU_PAD_BEFORE_EXPANSION_MIN_SIZE` and
+`fold.CPU_MATERIALIZE_SE_INPUT_MIN_SIZE`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Optional
 from mobilenet_jax import benchmark, host_memory
 
 MODELS = benchmark.MODELS  # the benchmark's keys: v1, v2, v3_large, v3_small
-CHANGES = ("pad_before_expansion", "materialize_stem")
+CHANGES = ("pad_before_expansion", "materialize_stem", "materialize_se_input")
 
 
 def parse_layout(text: str) -> tuple[int, int]:
@@ -61,7 +64,8 @@ def compare(name: str, variants: dict[str, tuple[int, int, Optional[str]]], roun
     predict, folded = inference_function(
         model, variables, micro_batch=micro_batch, side_by_side=side_by_side,
         pad_before_expansion=0 if off == "pad_before_expansion" else "auto",
-        materialize_stem=False if off == "materialize_stem" else "auto")
+        materialize_stem=False if off == "materialize_stem" else "auto",
+        materialize_se_input=0 if off == "materialize_se_input" else "auto")
     compiled[label] = (predict.lower(folded, images).compile(), folded)
   reference = None
   for label, (function, folded) in compiled.items():

@@ -179,3 +179,43 @@ def test_stem_is_materialized_where_only_the_first_depthwise_reads_it(name, read
   assert conditionals(model) == 0
   assert conditionals(model.clone(materialize_stem=True)) == int(reads_only_depthwise)
   assert conditionals(model.clone(materialize_stem=True), train=True) == conditionals(model, True)
+
+
+def _conditionals(model, x, train=False):
+  jaxpr = jax.make_jaxpr(functools.partial(model.init, train=train))(jax.random.key(0), x)
+  return str(jaxpr).count("cond[")
+
+
+@pytest.mark.parametrize("name,expected", [
+    # V3-Large: the three 28x28 blocks (Table 1 rows 5-7); its 14x14 and 7x7 SE blocks are smaller.
+    # V3-Small: the first block (stride 2 from 112, 56x56, Table 2 row 1); the others are 14x14, 7x7.
+    ("mobilenet_v3_large", 3), ("mobilenet_v3_small", 1), ("mobilenet_v2", 0)])
+def test_se_input_is_materialized_in_the_blocks_at_least_the_min_size(name, expected):
+  """Counted at 224x224 in the traced program (tracing only, nothing is compiled)."""
+  model = mj.create_model(name, num_classes=10)
+  x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  assert _conditionals(model, x) == 0
+  assert _conditionals(model.clone(materialize_se_input_min_size=28), x) == expected
+  se_blocks = sum(layer.se_features is not None for layer in model.network_spec().blocks)
+  assert _conditionals(model.clone(materialize_se_input_min_size=1), x) == se_blocks
+  if se_blocks:
+    with pytest.raises(ValueError, match="materialize_se_input is for inference"):
+      _conditionals(model.clone(materialize_se_input_min_size=1), x, train=True)
+
+
+def test_inference_function_materialized_se_inputs_keep_the_logits():
+  """Every SE block's input in a buffer of its own (min size 1), symmetric padding and an odd size;
+  bad option values raise."""
+  model = mj.create_model("mobilenet_v3_small", num_classes=10, width_multiplier=0.35,
+                          padding="symmetric")
+  x = jnp.asarray(np.random.default_rng(9).standard_normal((2, 35, 35, 3)), jnp.float32)
+  variables = _random_variables(model, x, seed=10)
+  expected = np.asarray(_logits(model, variables, x))
+  predict, folded = inference_function(model, variables, micro_batch=0, materialize_se_input=1)
+  np.testing.assert_allclose(predict(folded, x), expected, rtol=1e-4,
+                             atol=1e-5 * float(np.abs(expected).max()))
+  for bad in (-1, True, "yes"):
+    with pytest.raises(ValueError, match="materialize_se_input must be"):
+      inference_function(model, variables, materialize_se_input=bad)
+  with pytest.raises(ValueError, match="materialize_se_input_min_size must be"):
+    model.clone(materialize_se_input_min_size=-1).init(jax.random.key(0), x)

@@ -12,6 +12,7 @@ from flax import linen as nn
 from mobilenet_jax.models.layers import (Activation, Array, ConvNormAct, ModuleDef, SqueezeExcite,
                                          bind_norm, make_divisible, pad_spatial, spatial_padding,
                                          zero_border)
+from mobilenet_jax.models.fusion_barrier import materialized
 
 
 class DepthwiseSeparable(nn.Module):
@@ -52,6 +53,11 @@ class InvertedResidual(nn.Module):
   zero after its activation, instead of padding the expanded tensor. Same logits; on CPU it saves a
   pass over the widest tensor of the block, because XLA then fuses the bias and activation into the
   depthwise convolution (see fold.CPU_PAD_BEFORE_EXPANSION_MIN_SIZE).
+
+  `materialize_se_input` (inference only): the depthwise output that squeeze-and-excite reads twice
+  (its pool, then the gating multiply) is computed into a buffer of its own on a single CPU device
+  (fusion_barrier.materialized). XLA:CPU had computed the depthwise convolution a second time
+  inside the gating pass (see fold.CPU_MATERIALIZE_SE_INPUT_MIN_SIZE). Same values.
   """
   features: int
   expansion: float = 6.0
@@ -68,6 +74,7 @@ class InvertedResidual(nn.Module):
   padding: str = "same"
   depthwise_impl: str = "auto"
   pad_before_expansion: bool = False
+  materialize_se_input: bool = False
   dtype: Optional[jnp.dtype] = None
   param_dtype: jnp.dtype = jnp.float32
 
@@ -92,6 +99,10 @@ class InvertedResidual(nn.Module):
     x = unit(expanded, self.kernel_size, self.strides, depthwise=True, padding=depthwise_padding,
              activation=self.activation, name="depthwise")(x)
     if self.use_se:
+      if self.materialize_se_input:
+        if train:
+          raise ValueError("materialize_se_input is for inference (train=False) only")
+        x = materialized(x, x[0, 0, 0, 0])
       x = SqueezeExcite(self.se_features, activation=self.se_activation, gate=self.se_gate,
                         dtype=self.dtype, param_dtype=self.param_dtype, name="se")(x)
     x = unit(self.features, 1, activation=None, name="project")(x)

@@ -166,14 +166,40 @@ def resolve_side_by_side(side_by_side: Union[int, str] = "auto") -> int:
 CPU_PAD_BEFORE_EXPANSION_MIN_SIZE = 56
 
 
+def _resolve_min_size(min_size: Union[int, str], cpu_default: int, name: str) -> int:
+  """A min-size option: "auto" is `cpu_default` on CPU and 0 (never) elsewhere; an int >= 0 is itself."""
+  if min_size == "auto":
+    return cpu_default if jax.default_backend() == "cpu" else 0
+  if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 0:
+    raise ValueError(f"{name} must be 'auto' or an int >= 0, got {min_size!r}")
+  return min_size
+
+
 def resolve_pad_before_expansion(min_size: Union[int, str] = "auto") -> int:
   """The `pad_before_expansion_min_size` of the folded model: "auto" is
   `CPU_PAD_BEFORE_EXPANSION_MIN_SIZE` on CPU and 0 (never) elsewhere; an int >= 0 is itself."""
-  if min_size == "auto":
-    return CPU_PAD_BEFORE_EXPANSION_MIN_SIZE if jax.default_backend() == "cpu" else 0
-  if not isinstance(min_size, int) or min_size < 0:
-    raise ValueError(f"pad_before_expansion must be 'auto' or an int >= 0, got {min_size!r}")
-  return min_size
+  return _resolve_min_size(min_size, CPU_PAD_BEFORE_EXPANSION_MIN_SIZE, "pad_before_expansion")
+
+
+# Squeeze-and-excite blocks whose depthwise output is at least this high and wide compute it into a
+# buffer of its own on CPU (blocks.InvertedResidual.materialize_se_input), in folded networks. The
+# SE block reads that output twice, in its pool and in the gating multiply; XLA:CPU fused the whole
+# depthwise convolution (25 taps for V3-Large's 28x28 blocks) into the gating pass as well as
+# computing it for the pool (found in the compiled HLO; a one-core profile put the gating passes of
+# V3-Large's three 28x28 blocks at 5-6 ms each per batch of 32, and under 1 ms with the buffer).
+# At 14x14 and 7x7 XLA did not duplicate it and the buffer's conditional only costs.
+# `python experiments/ab_inference.py --layouts 8x2 --changes materialize_se_input --rounds 41
+# --models v3_large,v3_small` (batch 32, 224, 2-core CPU; with against without): V3-Large 1.08x,
+# V3-Small 0.97x (its one such block, 56x56 with 16 channels and 3x3 taps, duplicates little; two
+# scratch runs of the same comparison gave 1.00x and 1.02x, so: no change); V3-Large 1.05-1.06x in
+# two scratch runs. A buffer for every SE block (min size 1): V3-Large 1.01x, V3-Small 0.96x.
+CPU_MATERIALIZE_SE_INPUT_MIN_SIZE = 28
+
+
+def resolve_materialize_se_input(min_size: Union[int, str] = "auto") -> int:
+  """The `materialize_se_input_min_size` of the folded model: "auto" is
+  `CPU_MATERIALIZE_SE_INPUT_MIN_SIZE` on CPU and 0 (never) elsewhere; an int >= 0 is itself."""
+  return _resolve_min_size(min_size, CPU_MATERIALIZE_SE_INPUT_MIN_SIZE, "materialize_se_input")
 
 
 def loop_layout(batch: int, micro_batch: int, side_by_side: int) -> tuple[int, int]:
@@ -189,7 +215,8 @@ def inference_function(model: MobileNet, variables: Mapping[str, Any], *,
                        fold: bool = True, micro_batch: Union[int, str, None] = "auto",
                        side_by_side: Union[int, str] = "auto",
                        pad_before_expansion: Union[int, str] = "auto",
-                       materialize_stem: Union[bool, str] = "auto"
+                       materialize_stem: Union[bool, str] = "auto",
+                       materialize_se_input: Union[int, str] = "auto"
                        ) -> tuple[Callable[[Any, Array], Array], dict[str, Any]]:
   """Returns `(predict, predict_variables)` with `predict(predict_variables, images) -> logits`.
 
@@ -200,18 +227,22 @@ def inference_function(model: MobileNet, variables: Mapping[str, Any], *,
   micro-batches independently ("auto": `CPU_SIDE_BY_SIDE` on CPU). With `fold`, blocks whose
   input is at least `pad_before_expansion` pixels high and wide pad it before their expansion
   ("auto": `CPU_PAD_BEFORE_EXPANSION_MIN_SIZE` on CPU, 0 never), and `materialize_stem` ("auto":
-  on CPU) stores the stem's output where `builder.stem_materialized_for` says. The logits are
+  on CPU) stores the stem's output where `builder.stem_materialized_for` says, and squeeze-and-excite
+  blocks whose depthwise output is at least `materialize_se_input` pixels high and wide store it
+  ("auto": `CPU_MATERIALIZE_SE_INPUT_MIN_SIZE` on CPU, 0 never). The logits are
   those of `model.apply(variables, images)` up to float rounding, for any batch size.
   """
   if materialize_stem not in ("auto", True, False):
     raise ValueError(f"materialize_stem must be 'auto', True or False, got {materialize_stem!r}")
   pad_before_expansion = resolve_pad_before_expansion(pad_before_expansion)
+  materialize_se_input = resolve_materialize_se_input(materialize_se_input)
   if fold:
     model, variables = fold_batch_norm(model, variables)
     if materialize_stem == "auto":
       materialize_stem = jax.default_backend() == "cpu"
     model = model.clone(pad_before_expansion_min_size=pad_before_expansion,
-                        materialize_stem=materialize_stem)
+                        materialize_stem=materialize_stem,
+                        materialize_se_input_min_size=materialize_se_input)
   else:
     variables = dict(variables)
   micro_batch = resolve_micro_batch(micro_batch)
