@@ -190,9 +190,9 @@ def resolve_pad_before_expansion(min_size: Union[int, str] = "auto") -> int:
 # At 14x14 and 7x7 XLA did not duplicate it and the buffer's conditional only costs.
 # `python experiments/ab_inference.py --layouts 8x2 --changes materialize_se_input --rounds 41
 # --models v3_large,v3_small` (batch 32, 224, 2-core CPU; with against without): V3-Large 1.08x,
-# V3-Small 0.97x (its one such block, 56x56 with 16 channels and 3x3 taps, duplicates little; two
-# scratch runs of the same comparison gave 1.00x and 1.02x, so: no change); V3-Large 1.05-1.06x in
-# two scratch runs. A buffer for every SE block (min size 1): V3-Large 1.01x, V3-Small 0.96x.
+# V3-Small 0.97x (its one such block, 56x56 with 16 channels and 3x3 taps, duplicates little; 1.01x
+# with --rounds 61, 1.00x and 1.02x in two scratch runs: no change); V3-Large 1.05-1.06x in two
+# scratch runs. A buffer for every SE block (min size 1): V3-Large 1.01x, V3-Small 0.96x.
 CPU_MATERIALIZE_SE_INPUT_MIN_SIZE = 28
 
 
