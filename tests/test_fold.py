@@ -162,6 +162,12 @@ def test_inference_function_padding_before_the_expansion_keeps_the_logits(name, 
     model.clone(pad_before_expansion_min_size=-1).init(jax.random.key(0), x)
 
 
+def _conditionals(model, x, train=False):
+  """Conditionals (fusion_barrier.materialized) in the traced init of `model` on `x`."""
+  jaxpr = jax.make_jaxpr(functools.partial(model.init, train=train))(jax.random.key(0), x)
+  return str(jaxpr).count("cond[")
+
+
 @pytest.mark.parametrize("name,reads_only_depthwise", [
     ("mobilenet_v1", True), ("mobilenet_v2", True), ("mobilenet_v3_large", False),
     ("mobilenet_v3_small", False)])
@@ -172,23 +178,15 @@ def test_stem_is_materialized_where_only_the_first_depthwise_reads_it(name, read
   model = mj.create_model(name, num_classes=10)
   assert stem_materialized_for(model.network_spec()) == reads_only_depthwise
   x = jnp.zeros((1, 32, 32, 3))
-
-  def conditionals(model, train=False):
-    jaxpr = jax.make_jaxpr(functools.partial(model.init, train=train))(jax.random.key(0), x)
-    return str(jaxpr).count("cond[")
-  assert conditionals(model) == 0
-  assert conditionals(model.clone(materialize_stem=True)) == int(reads_only_depthwise)
-  assert conditionals(model.clone(materialize_stem=True), train=True) == conditionals(model, True)
-
-
-def _conditionals(model, x, train=False):
-  jaxpr = jax.make_jaxpr(functools.partial(model.init, train=train))(jax.random.key(0), x)
-  return str(jaxpr).count("cond[")
+  assert _conditionals(model, x) == 0
+  assert _conditionals(model.clone(materialize_stem=True), x) == int(reads_only_depthwise)
+  assert (_conditionals(model.clone(materialize_stem=True), x, train=True)
+          == _conditionals(model, x, train=True))
 
 
 @pytest.mark.parametrize("name,expected", [
     # V3-Large: the three 28x28 blocks (Table 1 rows 5-7); its 14x14 and 7x7 SE blocks are smaller.
-    # V3-Small: the first block (stride 2 from 112, 56x56, Table 2 row 1); the others are 14x14, 7x7.
+    # V3-Small: the first block (stride 2 from 112: 56x56, Table 2 row 1); the others: 14x14, 7x7.
     ("mobilenet_v3_large", 3), ("mobilenet_v3_small", 1), ("mobilenet_v2", 0)])
 def test_se_input_is_materialized_in_the_blocks_at_least_the_min_size(name, expected):
   """Counted at 224x224 in the traced program (tracing only, nothing is compiled)."""

@@ -113,9 +113,9 @@ class MobileNet(nn.Module):
   # Inference only: compute the stem's output into a buffer of its own when the first block's
   # depthwise convolution is its only reader (`stem_materialized_for`). Set by fold on CPU.
   materialize_stem: bool = False
-  # Inference only: squeeze-and-excite blocks whose depthwise output is at least this high and wide
-  # compute it into a buffer of its own (InvertedResidual.materialize_se_input); 0 never. Set by fold
-  # on CPU.
+  # Inference only: squeeze-and-excite blocks whose depthwise output is at least this high and
+  # wide compute it into a buffer of its own (InvertedResidual.materialize_se_input); 0 never.
+  # Set by fold on CPU.
   materialize_se_input_min_size: int = 0
 
   def network_spec(self) -> NetworkSpec:
@@ -131,14 +131,10 @@ class MobileNet(nn.Module):
     rate = self.dropout_rate
     if rate is not None and not 0 <= rate < 1:
       raise ValueError(f"dropout_rate must be in [0, 1), got {rate}")
-    if not (isinstance(self.pad_before_expansion_min_size, int)
-            and self.pad_before_expansion_min_size >= 0):
-      raise ValueError(f"pad_before_expansion_min_size must be an int >= 0 (0: never), got "
-                       f"{self.pad_before_expansion_min_size!r}")
-    if not (isinstance(self.materialize_se_input_min_size, int)
-            and self.materialize_se_input_min_size >= 0):
-      raise ValueError(f"materialize_se_input_min_size must be an int >= 0 (0: never), got "
-                       f"{self.materialize_se_input_min_size!r}")
+    for field in ("pad_before_expansion_min_size", "materialize_se_input_min_size"):
+      value = getattr(self, field)
+      if not (isinstance(value, int) and value >= 0):
+        raise ValueError(f"{field} must be an int >= 0 (0: never), got {value!r}")
     if not 0 <= self.drop_path_rate < 1:
       raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
     self.network_spec()
@@ -182,15 +178,17 @@ class MobileNet(nn.Module):
                                activation=self._act(layer.activation),
                                depthwise_impl=self.depthwise_impl, name=name, **common)(x, train)
       elif layer.kind == "inverted_residual":
+        size = min(x.shape[1:3])
+        se_size = -(-size // layer.stride)  # depthwise output: "same" and "symmetric" (odd k) alike
         x = InvertedResidual(
             layer.features, expanded_features=layer.expanded_features,
             kernel_size=layer.kernel_size, strides=layer.stride,
             use_se=layer.se_features is not None, se_features=layer.se_features,
             activation=self._act(layer.activation),
             drop_path_rate=self.drop_path_rate * i / num_blocks,
-            pad_before_expansion=0 < self.pad_before_expansion_min_size <= min(x.shape[1:3]),
-            materialize_se_input=(layer.se_features is not None and 0 < self.materialize_se_input_min_size
-                                  <= -(-min(x.shape[1:3]) // layer.stride)),
+            pad_before_expansion=0 < self.pad_before_expansion_min_size <= size,
+            materialize_se_input=(layer.se_features is not None
+                                  and 0 < self.materialize_se_input_min_size <= se_size),
             depthwise_impl=self.depthwise_impl, name=name, **common)(x, train)
       else:
         raise ValueError(f"unknown layer kind {layer.kind!r}")
