@@ -3,7 +3,7 @@
     python -m mobilenet_jax.main --workdir=runs/default
 
 Hardware: any CPU (tuned on 2 cores). Expected: >= 97% eval top-1 on the 360 held-out digits
-(measured with seeds 0/1/2: 0.981/0.978/0.986 top-1 at c968c90; 55-90 s wall, start-up and compilation
+(measured with seeds 0/1/2: 0.981/0.978/0.986 top-1; 55-90 s wall, start-up and compilation
 included; 20 epochs = 440 steps). Higher rates are unstable: lr 0.1 diverged on this job, lr 0.05
 with expansion t=2 on one seed of three.
 The 1,437 training digits (8x8 scikit-learn images upscaled to 32x32) train a width-0.5 network

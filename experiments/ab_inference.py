@@ -3,25 +3,24 @@ side) and the folded network's fusion changes, each switched off alone.
 
     python experiments/ab_inference.py                                  # V1, V2, V3-L, V3-S
     python experiments/ab_inference.py --models v2 --layouts 8x1,8x2,4x2,16x2 --rounds 15
-    python experiments/ab_inference.py --layouts 8x2 --changes pad_before_expansion,materialize_stem
+    python experiments/ab_inference.py --layouts 8x2 --changes pad_before_expansion,store_stem
 
-Each layout `MxS` is `fold.inference_function(model, variables, micro_batch=M, side_by_side=S)`:
+Each layout `MxS` is `cpu_inference_function(model, variables, micro_batch=M, side_by_side=S)`
+(`models/xla_cpu/inference.py`):
 batch 32, 224x224, float32, BatchNorm folded, a loop over steps of S independent micro-batches of M
 images (`0x1` is the whole batch at once), printed with its speed against the first layout. Each
 change in `--changes` adds the first layout without it, printed with the speed the change buys
 (with / without):
-  pad_before_expansion  blocks pad their input before the expansion (`pad_before_expansion=0`
-                        turns it off; fold.CPU_PAD_BEFORE_EXPANSION_MIN_SIZE)
-  materialize_stem      the stem's output in a buffer of its own (`materialize_stem=False` turns it
-                        off; builder.stem_materialized_for)
-  materialize_se_input  squeeze-and-excite inputs of 28x28 and more in buffers of their own
-                        (`materialize_se_input=0` turns it off; fold.CPU_MATERIALIZE_SE_INPUT_MIN_SIZE)
+  pad_before_expansion  ReLU6 blocks pad their input before the expansion
+                        (`pad_before_expansion_min_size=0` turns it off)
+  store_stem            the stem's output in a buffer of its own (`store_stem=False`)
+  store_se_input        5x5 squeeze-and-excite inputs of 28x28 and more in buffers of their own
+                        (`se_input_min_size=0`)
 All variants of a model are compiled first, checked against the first one's logits, then timed in
 alternation (median of `--rounds` calls each, the first two dropped); the speed-ups printed are
 medians of per-round ratios to the first variant, so the machine's drift affects them little.
-Restarts itself with host_memory.RETAIN_TUNABLES, as the benchmark does. The figures behind
-`fold.CPU_MICRO_BATCH`, `fold.CPU_SIDE_BY_SIDE`, `fold.CPU_PAD_BEFORE_EXPANSION_MIN_SIZE` and
-`fold.CPU_MATERIALIZE_SE_INPUT_MIN_SIZE`.
+Restarts itself with host_memory.RETAIN_TUNABLES, as the benchmark does. The figures behind the
+defaults of `cpu_inference_function`.
 """
 
 from __future__ import annotations
@@ -32,10 +31,13 @@ import sys
 import time
 from typing import Optional
 
-from mobilenet_jax import benchmark, host_memory
+from mobilenet_jax.tools import benchmark, host_memory
 
 MODELS = benchmark.MODELS  # the benchmark's keys: v1, v2, v3_large, v3_small
-CHANGES = ("pad_before_expansion", "materialize_stem", "materialize_se_input")
+# Each change, and the option of cpu_inference_function that turns it off.
+CHANGES = {"pad_before_expansion": {"pad_before_expansion_min_size": 0},
+           "store_stem": {"store_stem": False},
+           "store_se_input": {"se_input_min_size": 0}}
 
 
 def parse_layout(text: str) -> tuple[int, int]:
@@ -53,7 +55,7 @@ def compare(name: str, variants: dict[str, tuple[int, int, Optional[str]]], roun
   import numpy as np
 
   from mobilenet_jax import create_model
-  from mobilenet_jax.models.fold import inference_function
+  from mobilenet_jax.models.xla_cpu.inference import cpu_inference_function
 
   model = create_model(name, num_classes=benchmark.NUM_CLASSES)
   images = jnp.asarray(np.random.default_rng(0).standard_normal(
@@ -61,11 +63,8 @@ def compare(name: str, variants: dict[str, tuple[int, int, Optional[str]]], roun
   variables = benchmark.init_variables(model, resolution)
   compiled = {}
   for label, (micro_batch, side_by_side, off) in variants.items():
-    predict, folded = inference_function(
-        model, variables, micro_batch=micro_batch, side_by_side=side_by_side,
-        pad_before_expansion=0 if off == "pad_before_expansion" else "auto",
-        materialize_stem=False if off == "materialize_stem" else "auto",
-        materialize_se_input=0 if off == "materialize_se_input" else "auto")
+    predict, folded = cpu_inference_function(model, variables, micro_batch=micro_batch,
+                                             side_by_side=side_by_side, **CHANGES.get(off, {}))
     compiled[label] = (predict.lower(folded, images).compile(), folded)
   reference = None
   for label, (function, folded) in compiled.items():

@@ -3,23 +3,23 @@
     python experiments/ab_train_step.py --change fused_batch_norm                # V1, V2, V3-L, V3-S
     python experiments/ab_train_step.py --change materialized_gradient --models v2 --rounds 8
 
-Changes (each can be switched off while tracing, nothing else differs):
+Changes (options of `models.xla_cpu.make_conv_norm_act`, passed as the model's `kernels`; nothing
+else differs):
   materialized_gradient  the depthwise backward materialises its output gradient before the k*k
-                         gradient passes (`layers._materialized`)
+                         gradient passes (`xla_cpu/depthwise.py`)
   fused_batch_norm       BatchNorm + activation with the hand-written fused gradient
-                         (`models/norm_activation.py`) instead of Flax's BatchNorm differentiated by JAX
+                         (`xla_cpu/norm_activation.py`) instead of Flax's BatchNorm differentiated by JAX
 
 For each model this builds the benchmark's training step (`benchmark.jax_runner`: batch 32, 224, f32,
 SGD momentum) twice, without and with the change, and times them in alternation (medians and minimums of
 `--rounds` calls each). First it checks that both give the same gradients on the default job's network
 (V2 x0.5, 32x32), as the largest difference relative to each gradient's largest entry. Restarts itself
-with host_memory.RETAIN_TUNABLES, as the benchmark does. The figures of the README's Speed section.
+with host_memory.RETAIN_TUNABLES, as the benchmark does.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 
@@ -27,42 +27,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilenet_jax import benchmark, host_memory
-from mobilenet_jax.models import layers
+from mobilenet_jax.models import xla_cpu
 from mobilenet_jax.models.registry import create_model
+from mobilenet_jax.tools import benchmark, host_memory
 
-# What each change is replaced by while tracing the "without" variant.
-WITHOUT = {
-    "materialized_gradient": ("_materialized", lambda g, kernel: g),
-    "fused_batch_norm": ("fusible_batch_norm", lambda norm: None),
-}
+CHANGES = ("materialized_gradient", "fused_batch_norm")
 
 
-@contextlib.contextmanager
-def without(change: str):
-  name, replacement = WITHOUT[change]
-  original = getattr(layers, name)
-  setattr(layers, name, replacement)
-  try:
-    yield
-  finally:
-    setattr(layers, name, original)
+def kernels(change: str, on: bool):
+  """The CPU kernels with `change` on or off."""
+  return xla_cpu.make_conv_norm_act(**{change: on})
 
 
 def gradient_difference(change: str) -> float:
   """Largest difference of any parameter gradient, with against without, relative to its largest entry."""
-  model = create_model("mobilenet_v2", width_multiplier=0.5, num_classes=10)
+  model = create_model("mobilenet_v2", width_multiplier=0.5, num_classes=10,
+                       kernels=kernels(change, True))
   images = jnp.asarray(np.random.default_rng(0).standard_normal((16, 32, 32, 3)), jnp.float32)
   variables = model.init(jax.random.key(0), images, train=False)
 
-  def loss(params):
+  def loss(params, model):
     logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images,
                             train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
     return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
 
-  with_it = jax.jit(jax.grad(loss))(variables["params"])
-  with without(change):
-    without_it = jax.jit(jax.grad(loss))(variables["params"])
+  with_it = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], model)
+  without_it = jax.jit(jax.grad(loss), static_argnums=1)(
+      variables["params"], model.clone(kernels=kernels(change, False)))
   # Gradients that are 0 up to rounding (the bias of a BatchNorm followed by another BatchNorm,
   # V2's projections) are left out: below 1e-4 of the largest gradient entry of the network.
   pairs = [(a, b) for a, b in zip(jax.tree.leaves(with_it), jax.tree.leaves(without_it))]
@@ -73,19 +64,19 @@ def gradient_difference(change: str) -> float:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--change", required=True, choices=sorted(WITHOUT))
+  parser.add_argument("--change", required=True, choices=CHANGES)
   parser.add_argument("--models", default="v1,v2,v3_large,v3_small")
   parser.add_argument("--rounds", type=int, default=6, help="timed calls of each variant")
   args = parser.parse_args()
   options = benchmark.parse_args(["--malloc", "default"])
+  runner = lambda name, on: benchmark.jax_runner(  # noqa: E731
+      name, "train", 32, 224, "float32", argparse.Namespace(**{**vars(options),
+                                                               "kernels": kernels(args.change, on)}))
   print(f"{args.change}: gradients with vs without, largest relative difference: "
         f"{gradient_difference(args.change):.1e}", flush=True)
   for key in args.models.split(","):
     name = benchmark.MODELS[key]
-    with without(args.change):
-      runner_without = benchmark.jax_runner(name, "train", 32, 224, "float32", options)
-    runner_with = benchmark.jax_runner(name, "train", 32, 224, "float32", options)
-    runners = {"without": runner_without, "with": runner_with}
+    runners = {"without": runner(name, False), "with": runner(name, True)}
     times = {variant: [] for variant in runners}
     for runner in runners.values():
       runner.step()

@@ -1,6 +1,6 @@
 """The README's Speed table, and JAX's speed against PyTorch, from a benchmark JSON file.
 
-    python experiments/benchmark_table.py experiments/benchmark_results/cpu_f32_b32_run6.json
+    python experiments/benchmark_table.py experiments/benchmark_results/cpu_f32_b32.json
 
 Prints the markdown table of the README (one row per model and framework: batch-32 inference and
 training images/s, batch-1 latency, compile times, peak memory, fraction of the matmul peak), then for
@@ -36,14 +36,15 @@ def table(results: list[dict], batch: int = 32) -> list[str]:
       train = by_key.get((model, framework, "train", batch))
       latency = by_key.get((model, framework, "latency", 1))
       get = lambda r, field: None if r is None else r[field]
-      bold = lambda text: f"**{text}**" if framework == "jax" and text else text
+      ours = framework.startswith("jax")
+      bold = lambda text: f"**{text}**" if ours and text else text
       cells = [bold(_fmt(get(infer, "images_per_s"), ".1f")),
                bold(_fmt(get(train, "images_per_s"), ".1f")),
                bold(_fmt(get(latency, "latency_ms"), ".1f"))]
       compile_s = (f"{_fmt(get(infer, 'compile_s'), '.1f')} / {_fmt(get(train, 'compile_s'), '.1f')}"
-                   if framework == "jax" else "")
+                   if ours else "")
       peak = (f"{_fmt(get(infer, 'peak_mb'), '.0f')} / {_fmt(get(train, 'peak_mb'), '.0f')}"
-              if framework == "jax" else "")
+              if ours else "")
       percent = lambda r: None if r is None else 100 * r["peak_fraction"]
       fraction = f"{_fmt(percent(infer), '.1f')} / {_fmt(percent(train), '.1f')}"
       lines.append(f"| {NAMES.get(model, model)} | {bold(framework)}"
@@ -56,11 +57,12 @@ def speedups(results: list[dict], other: str = "torch") -> list[str]:
   lines = []
   for (model, framework, mode, batch), mine in by_key.items():
     theirs = by_key.get((model, other, mode, batch))
-    if framework != "jax" or theirs is None:
+    if not framework.startswith("jax") or theirs is None:
       continue
     of_medians = statistics.median(theirs["seconds"]) / statistics.median(mine["seconds"])
     per_round = statistics.median(t / j for j, t in zip(mine["seconds"], theirs["seconds"]))
-    lines.append(f"{NAMES.get(model, model):9s} {mode:8s} batch {batch:3d}: JAX {of_medians:.2f}x "
+    lines.append(f"{NAMES.get(model, model):9s} {framework:9s} {mode:8s} batch {batch:3d}: "
+                 f"{of_medians:.2f}x "
                  f"{other} (median of per-round ratios {per_round:.2f}x, "
                  f"{len(mine['seconds'])} rounds)")
   return lines

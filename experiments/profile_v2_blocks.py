@@ -5,7 +5,7 @@ torchvision's InvertedResidual, and the depthwise kernel gradient by row-group s
     python experiments/profile_v2_blocks.py --kernel-grad   # _shifted_kernel_grad row groups
 
 Figures are medians of 5 calls after 2 warm-up calls, in ms. torch runs channels_last with 2 threads.
-Used for the Speed section of the README (V2 training shortfall) and commit d6b190f.
+Used to find where the V2 training step loses time against PyTorch (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -39,15 +39,17 @@ def median_ms(call, repeats: int = 5) -> float:
   return float(np.median(times)) * 1e3
 
 
-def profile_blocks(depthwise_impl: str) -> None:
+def profile_blocks(kernels: str) -> None:
   import torch
   from torchvision.models.mobilenetv2 import InvertedResidual as TorchInvertedResidual
 
   from mobilenet_jax import InvertedResidual
+  from mobilenet_jax.models.kernels import conv_norm_act
 
   torch.set_num_threads(2)
   for cin, cout, t, stride, size in V2_BLOCKS:
-    block = InvertedResidual(cout, expansion=t, strides=stride, depthwise_impl=depthwise_impl)
+    block = InvertedResidual(cout, expansion=t, strides=stride,
+                             conv_norm_act=conv_norm_act(kernels))
     x = jnp.asarray(np.random.randn(BATCH, size, size, cin).astype(np.float32))
     variables = jax.jit(functools.partial(block.init, train=False))(jax.random.key(0), x)
 
@@ -80,7 +82,7 @@ def profile_blocks(depthwise_impl: str) -> None:
 
 
 def profile_kernel_grad() -> None:
-  from mobilenet_jax.models import layers
+  from mobilenet_jax.models.xla_cpu import depthwise
 
   for size, channels, stride in DEPTHWISE_LAYERS:
     padding = ((1, 1), (1, 1)) if stride == 1 else ((0, 1), (0, 1))
@@ -89,7 +91,7 @@ def profile_kernel_grad() -> None:
     g = jnp.asarray(np.random.randn(BATCH, out, out, channels).astype(np.float32))
     row = []
     for row_group in (8, 14, None):   # None: the default rule (_row_group)
-      grad = jax.jit(functools.partial(layers._shifted_kernel_grad,   # pylint: disable=protected-access
+      grad = jax.jit(functools.partial(depthwise._shifted_kernel_grad,   # pylint: disable=protected-access
                                        kernel_shape=(3, 3, 1, channels), stride=stride,
                                        padding=padding, dtype=jnp.float32, row_group=row_group))
       ms = median_ms(lambda: jax.block_until_ready(grad(x, g)))
@@ -100,12 +102,12 @@ def profile_kernel_grad() -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--kernel-grad", action="store_true", help="depthwise kernel gradient only")
-  parser.add_argument("--depthwise-impl", default="auto", help="auto | shifted | xla")
+  parser.add_argument("--kernels", default="auto", help="auto | cpu | xla (models/kernels.py)")
   args = parser.parse_args()
   if args.kernel_grad:
     profile_kernel_grad()
   else:
-    profile_blocks(args.depthwise_impl)
+    profile_blocks(args.kernels)
 
 
 if __name__ == "__main__":

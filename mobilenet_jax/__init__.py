@@ -2,17 +2,19 @@
 
     import mobilenet_jax as mj
     model = mj.create_model("mobilenet_v3_large", width_multiplier=0.75)
-    variables = model.init(jax.random.key(0), images, train=False)
-    logits = model.apply(variables, images, train=False)
+    variables = mj.init_variables(model, resolution=224, seed=0)  # == model.init(key(0), ...)
+    logits = jax.jit(model.apply)(variables, images)
 
 This package namespace imports only jax and flax; training (`mobilenet_jax.train`), data
 (`mobilenet_jax.data`) and weight import (`mobilenet_jax.convert`) are imported on demand.
 """
 
-from mobilenet_jax.models import (ConvNormAct, DepthwiseConv, DepthwiseSeparable, InvertedResidual,
-                                  LayerSpec, MobileNet, MobileNetV1, MobileNetV2, MobileNetV3,
-                                  NetworkSpec, SqueezeExcite, create_model, depthwise_conv,
+from mobilenet_jax.models import (ConvNormAct, DepthwiseSeparable, InvertedResidual, LayerSpec,
+                                  MobileNet, MobileNetV1, MobileNetV2, MobileNetV3, NetworkSpec,
+                                  SqueezeExcite, create_model, fold_batch_norm, inference_function,
                                   list_models, make_divisible)
+from mobilenet_jax.compilation_cache import enable_compilation_cache
+from mobilenet_jax.models.initialization import init_variables
 from mobilenet_jax.profile import count_madds, count_params, layer_costs
 
 __version__ = "0.1.0"

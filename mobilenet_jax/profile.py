@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mobilenet_jax.models.layers import DepthwiseConv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +41,11 @@ def count_params(variables_or_params: Mapping[str, Any]) -> int:
   return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
-def _classify(module: nn.Module, path: str) -> str:
-  if isinstance(module, DepthwiseConv):
-    return "depthwise"
+def _classify(module: nn.Module, path: str, in_features: int) -> str:
   if isinstance(module, nn.Dense):
     return "se" if "/se/" in f"/{path}/" else "fc"
+  if module.feature_group_count > 1 and module.feature_group_count == in_features:
+    return "depthwise"
   return "conv_1x1" if tuple(module.kernel_size) == (1, 1) else "conv_kxk"
 
 
@@ -60,19 +59,18 @@ def layer_costs(model: nn.Module, resolution: int = 224, channels: int = 3) -> l
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
-    if context.method_name != "__call__" or not isinstance(module, (nn.Conv, nn.Dense,
-                                                                    DepthwiseConv)):
+    if context.method_name != "__call__" or not isinstance(module, (nn.Conv, nn.Dense)):
       return out
     path = "/".join(module.path)
-    kind = _classify(module, path)
     x = args[0]
     cin, cout = x.shape[-1], out.shape[-1]
+    kind = _classify(module, path, cin)
     if isinstance(module, nn.Dense):
       k, stride, size = 1, 1, (1, 1)
       weights = madds = cin * cout
       params = weights + (cout if module.use_bias else 0)
     else:
-      k = (module.kernel_size if isinstance(module, DepthwiseConv) else module.kernel_size[0])
+      k = module.kernel_size[0]
       stride = module.strides if isinstance(module.strides, int) else module.strides[0]
       size = (out.shape[1], out.shape[2])
       per_output = k * k * (1 if kind == "depthwise" else cin // module.feature_group_count)
@@ -154,7 +152,7 @@ def xla_madds(model: nn.Module, resolution: int = 224, linear: bool = True) -> f
   it comes out slightly below the papers' convention at small maps.
   """
   if linear:
-    model = model.clone(norm_layer=_NoNorm, activation=lambda x: x, depthwise_impl="xla")
+    model = model.clone(norm_layer=_NoNorm, activation=lambda x: x, kernels="xla")
   images = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(images.shape),
                                                 train=False))

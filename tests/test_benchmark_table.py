@@ -23,5 +23,5 @@ def test_table_rows_and_both_ratios():
   assert rows[2] == "| V2 | **jax** | **160.0** |  |  | 4.0 /  | 100 /  | 25.0 /  |"
   assert rows[3].startswith("| V2 | torch | 80.0 |")
   (line,) = bt.speedups(results)
-  assert "JAX 2.00x torch" in line                     # medians 0.4 / 0.2
+  assert "jax       infer    batch  32: 2.00x torch" in line   # medians 0.4 / 0.2
   assert "median of per-round ratios 1.50x" in line     # 1.5, 1.5, 2.0

@@ -140,7 +140,7 @@ def tf_small_minimal():
                          ids=[f"{c[1]}-{c[3]}" for c in TORCH_CASES])
 def test_torch_logits_match(library, arch, options, size, batch):
   reference = build_torch(library, arch, options, size)
-  model, variables = from_torch(reference.state_dict(), arch, depthwise_impl="xla")
+  model, variables = from_torch(reference.state_dict(), arch, kernels="xla")
   assert {model.bn_epsilon} == bn_epsilons(reference)   # the epsilon the reference really uses
   if "width_mult" in options:   # torchvision's width is found from the shapes
     assert model.width_multiplier == options["width_mult"]
@@ -149,17 +149,17 @@ def test_torch_logits_match(library, arch, options, size, batch):
   assert_same(torch_logits(reference, x), our_logits(model, variables, x))
 
 
-def test_default_depthwise_impl_matches_too():
+def test_default_kernels_match_too():
   reference = build_torch("timm", "tf_mobilenetv3_large_075", {}, 96)
   model, variables = from_torch(reference.state_dict(), "tf_mobilenetv3_large_075")
-  assert model.depthwise_impl == "auto"
+  assert model.kernels == "auto"
   x = images(96)
   assert_same(torch_logits(reference, x), our_logits(model, variables, x))
 
 
 def test_wrong_padding_or_epsilon_is_detected(tf_small_minimal):
   model, variables = from_torch(tf_small_minimal.state_dict(), "tf_mobilenetv3_small_minimal_100",
-                                depthwise_impl="xla")
+                                kernels="xla")
   x = images(64, 2)
   reference = torch_logits(tf_small_minimal, x)
   for wrong in (model.clone(padding="symmetric"), model.clone(bn_epsilon=1e-5)):
@@ -214,7 +214,7 @@ def test_cli_round_trip_safetensors(tf_small_minimal, tmp_path):
   assert convert_main(["--source=timm:tf_mobilenetv3_small_minimal_100", f"--weights={weights}",
                        f"--out={out}"]) == 0
   name, options, variables = load_pretrained(str(out))
-  model = create_model(name, **options, depthwise_impl="xla")
+  model = create_model(name, **options, kernels="xla")
   x = images(64, 2)
   assert_same(torch_logits(tf_small_minimal, x), our_logits(model, variables, x))
   # A second conversion into the same directory refuses to overwrite it.
@@ -322,22 +322,33 @@ def uint8_images(size: int, batch: int = 1) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def keras_v1():
-  # Keras V1 pads stride-2 layers (0, 1) whatever the size: TF SAME only on even maps, which is
-  # what its weights were trained on, so V1 is compared at even sizes.
   return build_keras("MobileNet", 224, alpha=0.5, classifier_activation=None)
 
 
 def test_keras_v1_alpha050_224(keras_v1):
-  model, variables = from_keras(keras_v1, depthwise_impl="xla")
-  assert (model.width_multiplier, model.num_classes, model.padding) == (0.5, 1000, "same")
+  model, variables = from_keras(keras_v1, kernels="xla")
+  assert (model.width_multiplier, model.num_classes, model.padding) == (0.5, 1000, "keras")
   x = tf_style(uint8_images(224))
   assert_same(keras_logits(keras_v1, x), our_logits(model, variables, x))
+
+
+def test_keras_v1_at_an_odd_size():
+  """Keras V1 pads its stride-2 depthwise inputs (0, 1) then takes 'valid' whatever the size; TF
+  SAME pads (1, 1) at odd sizes. The converted model (padding="keras") gives Keras's logits at
+  193x193, with the CPU kernels too; with padding="same" the logits differ."""
+  reference = build_keras("MobileNet", 193, alpha=0.5, classifier_activation=None)
+  model, variables = from_keras(reference)
+  x = tf_style(uint8_images(193))
+  want = keras_logits(reference, x)
+  assert_same(want, our_logits(model, variables, x))
+  same = our_logits(model.clone(padding="same"), variables, x)
+  assert not np.allclose(same, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_keras_v2_alpha075_1001_classes_drop_background():
   reference = build_keras("MobileNetV2", 97, batch=2, alpha=0.75, classes=1001,
                           classifier_activation=None)
-  model, variables = from_keras(reference, depthwise_impl="xla")
+  model, variables = from_keras(reference, kernels="xla")
   assert (model.width_multiplier, model.num_classes) == (0.75, 1000)
   x = tf_style(uint8_images(97, 2))
   assert_same(keras_logits(reference, x)[:, 1:], our_logits(model, variables, x))
@@ -346,7 +357,7 @@ def test_keras_v2_alpha075_1001_classes_drop_background():
 def test_keras_v3_large_224_with_builtin_preprocessing():
   reference = build_keras("MobileNetV3Large", 224, classifier_activation=None,
                           include_preprocessing=True)
-  model, variables = from_keras(reference, depthwise_impl="xla")
+  model, variables = from_keras(reference, kernels="xla")
   assert (model.variant, model.minimal, model.width_multiplier) == ("large", False, 1.0)
   x = uint8_images(224)   # Keras rescales 0-255 itself; ours takes [-1, 1]
   assert_same(keras_logits(reference, x), our_logits(model, variables, tf_style(x)))
@@ -355,7 +366,7 @@ def test_keras_v3_large_224_with_builtin_preprocessing():
 def test_keras_v3_small_minimal_headless_alpha075():
   reference = build_keras("MobileNetV3Small", 64, batch=2, alpha=0.75, minimalistic=True,
                           include_top=False, pooling="avg", include_preprocessing=False)
-  model, variables = from_keras(reference, depthwise_impl="xla")
+  model, variables = from_keras(reference, kernels="xla")
   assert (model.minimal, model.num_classes, model.head_features) == (True, 0, 0)
   assert model.width_multiplier == 0.75
   x = tf_style(uint8_images(64, 2))
@@ -376,6 +387,6 @@ def test_keras_cli_round_trip(keras_v1, tmp_path):
                        f"--out={out}"]) == 0
   name, options, variables = load_pretrained(str(out))
   assert name == "mobilenet_v1" and options["width_multiplier"] == 0.5
-  model = create_model(name, **options, depthwise_impl="xla")
+  model = create_model(name, **options, kernels="xla")
   x = tf_style(uint8_images(224))
   assert_same(keras_logits(keras_v1, x), our_logits(model, variables, x))

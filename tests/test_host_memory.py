@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from mobilenet_jax import host_memory
+from mobilenet_jax.tools import host_memory
 
 TUNABLES = list(host_memory.RETAIN_TUNABLES)
 
@@ -26,7 +26,7 @@ def test_environment_with_retained_memory_keeps_other_tunables():
 
 PROBE = textwrap.dedent("""
     import ctypes, resource, sys
-    from mobilenet_jax import host_memory
+    from mobilenet_jax.tools import host_memory
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]

@@ -214,13 +214,13 @@ def test_v2_expansion_option():
     ("mobilenet_v9", {}, "unknown model 'mobilenet_v9'; valid names: mobilenet_v1"),
     ("mobilenet_v2", {"width_multiplier": 0}, "width_multiplier must be > 0"),
     ("mobilenet_v3_large", {"width_multiplier": -0.5}, "width_multiplier must be > 0"),
-    ("mobilenet_v2", {"expansion": 0.5}, "expansion factor t must be >= 1"),
-    ("mobilenet_v2", {"expansion": (6, 6, 6, 6, 6, 6, 0)}, "expansion factor t must be >= 1"),
+    ("mobilenet_v2", {"expansion": 0.5}, "expansion must be >= 1"),
+    ("mobilenet_v2", {"expansion": (6, 6, 6, 6, 6, 6, 0)}, "expansion must be >= 1"),
     ("mobilenet_v2", {"widht_multiplier": 1.0}, r"unknown option\(s\) \['widht_multiplier'\]"),
     ("mobilenet_v1", {"padding": "valid"}, "padding must be one of"),
     ("mobilenet_v1", {"num_classes": -1}, "num_classes must be >= 0"),
     ("mobilenet_v1", {"dropout_rate": 1.5}, "dropout_rate must be in"),
-    ("mobilenet_v3_small", {"depthwise_impl": "fast"}, "depthwise_impl must be one of"),
+    ("mobilenet_v3_small", {"kernels": "fast"}, "kernels must be one of"),
 ])
 def test_bad_options_raise_clear_errors(name, options, message):
   with pytest.raises(ValueError, match=message):
@@ -308,3 +308,22 @@ def test_whole_network_trains_one_step_under_flax_nnx():
   assert np.isfinite(loss)
   assert not np.allclose(kernel, np.asarray(model.classifier["kernel"]))
   assert not np.allclose(mean, np.asarray(model.stem["norm"]["mean"]))
+
+
+def test_init_variables_equals_model_init():
+  """`mj.init_variables` is `model.init` compiled for speed of compilation: the same values for the
+  same seed (and key), with the papers' references' distributions (He-normal on fan-out for convs,
+  ones and zeros for BatchNorm, N(0, 0.01) for the classifier)."""
+  model = mj.create_model("mobilenet_v3_small", width_multiplier=0.35, num_classes=10)
+  images = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  want = jax.jit(lambda: model.init(jax.random.key(3), images, train=False))()
+  got = mj.init_variables(model, resolution=32, seed=3)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert not np.array_equal(mj.init_variables(model, 32, seed=4)["params"]["stem"]["conv"]["kernel"],
+                            got["params"]["stem"]["conv"]["kernel"])
+  kernel = got["params"]["blocks_3"]["expand"]["conv"]["kernel"]   # 1x1, fan_out = out channels
+  assert abs(float(kernel.std()) - np.sqrt(2.0 / kernel.shape[-1])) < 0.2 * np.sqrt(2.0 / kernel.shape[-1])
+  assert float(got["params"]["classifier"]["kernel"].std()) < 0.012
+  np.testing.assert_array_equal(got["params"]["stem"]["norm"]["scale"], 1.0)
+  np.testing.assert_array_equal(got["batch_stats"]["stem"]["norm"]["var"], 1.0)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from mobilenet_jax.models import layers
+from mobilenet_jax.models import xla_cpu
 from mobilenet_jax.models.norm import GroupedBatchNorm
-from mobilenet_jax.models.norm_activation import BatchNormActivation, fusible_batch_norm
+from mobilenet_jax.models.xla_cpu.norm_activation import BatchNormActivation, fusible_batch_norm
 from mobilenet_jax.models.registry import create_model
 
 EPS, MOMENTUM = 1e-3, 0.9
@@ -55,7 +55,7 @@ def _compare(fused, reference, rtol, atol):
 def test_fused_equals_batchnorm_then_activation(activation, group_size):
   x, params, cotangent = _inputs()
   common = dict(use_running_average=False, momentum=MOMENTUM, epsilon=EPS, group_size=group_size)
-  fused = _loss_and_grads(BatchNormActivation(**common, activation=activation, fused=True),
+  fused = _loss_and_grads(BatchNormActivation(**common, activation=activation),
                           None, x, params, cotangent)
   reference = _loss_and_grads(GroupedBatchNorm(**common), activation, x, params, cotangent)
   _compare(fused, reference, rtol=2e-5, atol=2e-5)
@@ -64,7 +64,7 @@ def test_fused_equals_batchnorm_then_activation(activation, group_size):
 def test_zero_variance_channel_and_bfloat16():
   x, params, cotangent = _inputs(constant_channel=True)
   common = dict(use_running_average=False, momentum=MOMENTUM, epsilon=EPS)
-  fused = _loss_and_grads(BatchNormActivation(**common, activation=jax.nn.relu6, fused=True),
+  fused = _loss_and_grads(BatchNormActivation(**common, activation=jax.nn.relu6),
                           None, x, params, cotangent)
   reference = _loss_and_grads(nn.BatchNorm(**common), jax.nn.relu6, x, params, cotangent)
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(fused))
@@ -72,7 +72,7 @@ def test_zero_variance_channel_and_bfloat16():
 
   x, params, cotangent = _inputs(jnp.bfloat16)
   common["dtype"] = jnp.bfloat16
-  fused = _loss_and_grads(BatchNormActivation(**common, activation=jax.nn.hard_swish, fused=True),
+  fused = _loss_and_grads(BatchNormActivation(**common, activation=jax.nn.hard_swish),
                           None, x, params, cotangent)
   reference = _loss_and_grads(nn.BatchNorm(**common), jax.nn.hard_swish, x, params, cotangent)
   assert fused[1].dtype == jnp.bfloat16
@@ -83,11 +83,12 @@ def test_inference_and_unfused_paths_are_flax_batchnorm():
   x, params, _ = _inputs()
   variables = {"params": params, "batch_stats": {"mean": jnp.linspace(-1, 1, 8),
                                                  "var": jnp.linspace(0.5, 2, 8)}}
-  for use_running_average, fused in ((True, True), (False, False)):
+  # Running averages; and training with a setting the fused function does not compute.
+  for use_running_average, settings in ((True, {}), (False, {"use_fast_variance": False})):
     layer = BatchNormActivation(use_running_average=use_running_average, epsilon=EPS,
-                                activation=jax.nn.relu6, fused=fused)
+                                activation=jax.nn.relu6, **settings)
     y = layer.apply(variables, x, mutable=["batch_stats"])[0]
-    ref = nn.BatchNorm(use_running_average=use_running_average, epsilon=EPS).apply(
+    ref = nn.BatchNorm(use_running_average=use_running_average, epsilon=EPS, **settings).apply(
         variables, x, mutable=["batch_stats"])[0]
     np.testing.assert_array_equal(y, jax.nn.relu6(ref))
 
@@ -104,15 +105,30 @@ def test_which_norms_are_fused():
     assert fusible_batch_norm(other) is None, other
 
 
-def test_network_gradients_and_variables_unchanged(monkeypatch):
+def test_float64_parameters_and_inputs():
+  """Every dtype nn.BatchNorm accepts: float64 parameters once failed in the backward pass
+  ("got float64[...], but expected float32[...]")."""
+  with jax.enable_x64(True):
+    x, params, cotangent = _inputs(jnp.float64)
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+    cotangent = cotangent.astype(jnp.float64)
+    common = dict(use_running_average=False, momentum=MOMENTUM, epsilon=EPS,
+                  param_dtype=jnp.float64)
+    fused = _loss_and_grads(BatchNormActivation(**common, activation=jax.nn.hard_swish),
+                            None, x, params, cotangent)
+    reference = _loss_and_grads(nn.BatchNorm(**common), jax.nn.hard_swish, x, params, cotangent)
+    _compare(fused, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_network_gradients_and_variables_unchanged():
   """A whole V3-Small (hard-swish, ReLU, linear projections, SE) with and without the fusion."""
-  model = create_model("mobilenet_v3_small", width_multiplier=0.5, num_classes=10)
+  model = create_model("mobilenet_v3_small", width_multiplier=0.5, num_classes=10, kernels="cpu")
   images = jnp.asarray(np.random.default_rng(1).normal(size=(4, 32, 32, 3)), jnp.float32)
   init = lambda: model.init(jax.random.key(0), images, train=False)
   # One compilation, not hundreds of eager ops (22.5 vs 7.7 s, experiments/startup_costs.py).
   variables = jax.jit(init)()
 
-  def step(params):
+  def step(model, params):
     def loss(params):
       logits, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
                                     images, train=True, mutable=["batch_stats"],
@@ -120,9 +136,9 @@ def test_network_gradients_and_variables_unchanged(monkeypatch):
       return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), updates
     return jax.jit(jax.grad(loss, has_aux=True))(params)
 
-  fused = step(variables["params"])
-  monkeypatch.setattr(layers, "fusible_batch_norm", lambda norm: None)
-  reference = step(variables["params"])
+  fused = step(model, variables["params"])
+  unfused = model.clone(kernels=xla_cpu.make_conv_norm_act(fused_batch_norm=False))
+  reference = step(unfused, variables["params"])
   assert jax.tree.structure(fused) == jax.tree.structure(reference)
   # Relative to each gradient's largest entry: BatchNorm over 4 images of 1x1 in the last blocks
   # amplifies float rounding (both are ~3e-5 from a float64 computation). The floor is for
@@ -130,4 +146,5 @@ def test_network_gradients_and_variables_unchanged(monkeypatch):
   for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(reference)):
     assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * float(jnp.max(jnp.abs(b))) + 1e-6
   # Without the fusion the network has the same variables: checkpoints are interchangeable.
-  assert jax.tree.map(np.shape, jax.eval_shape(init)) == jax.tree.map(np.shape, variables)
+  unfused_init = lambda: unfused.init(jax.random.key(0), images, train=False)
+  assert jax.tree.map(np.shape, jax.eval_shape(unfused_init)) == jax.tree.map(np.shape, variables)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet_jax import benchmark
+from mobilenet_jax.tools import benchmark
 
 
 def _fast_init(model, resolution):
@@ -54,7 +54,7 @@ def test_every_mode_and_framework_is_measured(report):
   assert saved["machine"]["matmul_peak_gflops"]["float32"] > 0
   assert saved["machine"]["torch_threads"] == saved["machine"]["cpu_count"]
   assert len(saved["results"]) == len(results)
-  assert saved["command"].startswith("python -m mobilenet_jax.benchmark --models v3_small")
+  assert saved["command"].startswith("python -m mobilenet_jax.tools.benchmark --models v3_small")
 
 
 def test_table_prints_speedups(report, capsys):
@@ -75,7 +75,7 @@ def test_imports_without_tensorflow_ml_collections_torch_or_keras():
   code = ("import sys\n"
           "for name in ('tensorflow', 'tensorflow_datasets', 'ml_collections', 'keras', 'torch'):\n"
           "  sys.modules[name] = None\n"
-          "from mobilenet_jax import benchmark\n"
+          "from mobilenet_jax.tools import benchmark\n"
           "print(benchmark.parse_args(['--models', 'v2']).models)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "['v2']"

@@ -10,7 +10,7 @@ from flax import linen as nn
 
 import mobilenet_jax
 from mobilenet_jax.models.norm import GroupedBatchNorm
-from mobilenet_jax.models.norm_activation import BatchNormActivation
+from mobilenet_jax.models.xla_cpu.norm_activation import BatchNormActivation
 
 EPS, MOMENTUM = 1e-3, 0.9
 
@@ -71,7 +71,7 @@ def test_bad_batch_or_group_size_is_a_clear_error(data, fused):
   """The same checks in GroupedBatchNorm and in the fused BatchNormActivation built on it."""
   x, layer, variables = data
   if fused:
-    layer = BatchNormActivation(group_size=layer.group_size, activation=jax.nn.relu6, fused=True)
+    layer = BatchNormActivation(group_size=layer.group_size, activation=jax.nn.relu6)
   with pytest.raises(ValueError, match="multiple of the BatchNorm group size"):
     layer.apply(variables, x[:7], use_running_average=False, mutable=["batch_stats"])
   with pytest.raises(ValueError, match="group_size must be >= 0"):  # when the layer is made

@@ -103,7 +103,7 @@ class Conversion:
   variables: dict[str, Any]
 
   def model(self, **overrides: Any):
-    """The Flax module; `overrides` sets options that do not change the weights (depthwise_impl,
+    """The Flax module; `overrides` sets options that do not change the weights (kernels,
     dtype, dropout_rate, drop_path_rate, bn_momentum, ...)."""
     fixed = sorted(set(overrides) & set(self.options))
     if fixed:

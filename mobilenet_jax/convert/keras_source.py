@@ -90,8 +90,9 @@ def keras_family(keras_model: Any, source: dict[str, np.ndarray]) -> Family:
   options = {"padding": "same", "bn_epsilon": _batchnorm_epsilon(keras_model)}
   if "conv_pw_13/kernel" in source:
     pointwise = source["conv_pw_13/kernel"].shape[-1]
+    # Keras's MobileNet pads strided depthwise convolutions (0, 1) then takes 'valid'.
     return Family(f"Keras MobileNet ({keras_model.name})", "mobilenet_v1", _v1_names, KERAS,
-                  options, width_candidates((*_alpha_from_name(keras_model), pointwise / 1024)),
+                  {**options, "padding": "keras"}, width_candidates((*_alpha_from_name(keras_model), pointwise / 1024)),
                   hint="MobileNet with depth_multiplier != 1 (more than one depthwise filter per "
                        "channel) cannot be represented by our mobilenet_v1.")
   if "block_16_project/kernel" in source:
@@ -126,7 +127,7 @@ def from_keras(keras_model: Any, *, drop_background: bool = True, **model_option
   Our module outputs logits: Keras' final softmax (`classifier_activation`) is not part of it.
   V3's built-in `Rescaling` (include_preprocessing=True) is not either: feed images scaled to
   [-1, 1] (x / 127.5 - 1), as for V1/V2. `model_options` sets options that do not change the weights
-  (depthwise_impl, dtype, dropout_rate, ...).
+  (kernels, dtype, dropout_rate, ...).
   """
   conversion = convert_keras(keras_model, drop_background)
   return conversion.model(**model_options), conversion.variables

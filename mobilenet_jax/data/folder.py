@@ -17,7 +17,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mobilenet_jax.data import preprocess, sources
+from mobilenet_jax.data import preprocess
+from mobilenet_jax.data.base import DatasetNotReadyError, Source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 EVAL_SPLIT_NAMES = ("val", "validation", "test")
@@ -82,7 +83,7 @@ def even_slice(num: int, process_index: int, process_count: int) -> tuple[int, i
   return start, start + base + (process_index < extra)
 
 
-class FolderSource(sources.Source):
+class FolderSource(Source):
   """`data_dir/{train,val|validation|test}/<class>/*` read with tf.data and Pillow."""
 
   def __init__(self, root: str | None):
@@ -91,7 +92,7 @@ class FolderSource(sources.Source):
                        "train/<class>/*.jpg and val/<class>/*.jpg (or test/).")
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
-      raise sources.DatasetNotReadyError(
+      raise DatasetNotReadyError(
           f"Image folder {root} has no train/ sub-folder. Expected {root}/train/<class>/*.jpg and "
           f"{root}/val/<class>/*.jpg; set config.dataset.data_dir to such a folder.")
     self.root = root
@@ -99,7 +100,7 @@ class FolderSource(sources.Source):
     self.class_names = sorted(d for d in os.listdir(train_dir)
                               if os.path.isdir(os.path.join(train_dir, d)))
     if not self.class_names:
-      raise sources.DatasetNotReadyError(f"{train_dir} has no class sub-folders (train/<class>/*.jpg).")
+      raise DatasetNotReadyError(f"{train_dir} has no class sub-folders (train/<class>/*.jpg).")
     self.num_classes = len(self.class_names)
     self.default_augment = "inception_crop_flip"
     self._files: dict[str, tuple[list[str], list[int]]] = {}
@@ -108,7 +109,7 @@ class FolderSource(sources.Source):
     for name in EVAL_SPLIT_NAMES:
       if os.path.isdir(os.path.join(self.root, name)):
         return name
-    raise sources.DatasetNotReadyError(
+    raise DatasetNotReadyError(
         f"Image folder {self.root} has no val/, validation/ or test/ sub-folder; add one or set "
         "config.dataset.eval_split to the name of the folder to evaluate on.")
 
@@ -116,11 +117,11 @@ class FolderSource(sources.Source):
     if split not in self._files:
       split_dir = os.path.join(self.root, split)
       if not os.path.isdir(split_dir):
-        raise sources.DatasetNotReadyError(f"Split folder {split_dir} does not exist "
+        raise DatasetNotReadyError(f"Split folder {split_dir} does not exist "
                                            "(config.dataset.train_split / eval_split name sub-folders).")
       paths, labels = list_images(split_dir, self.class_names)
       if not paths:
-        raise sources.DatasetNotReadyError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under "
+        raise DatasetNotReadyError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under "
                                            f"{split_dir}/<class>/.")
       self._files[split] = (paths, labels)
     return self._files[split]

@@ -7,7 +7,6 @@ Shuffling, augmentation and batching happen in `pipeline.py`, the same for every
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import difflib
 import fcntl
@@ -19,7 +18,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mobilenet_jax.data import digits  # noqa: F401  (registers the `digits` TFDS builder)
-from mobilenet_jax.data import preprocess
+from mobilenet_jax.data import folder, preprocess
+from mobilenet_jax.data.base import DatasetNotReadyError, Source  # noqa: F401  (re-exported)
 
 # Datasets of digits/characters: "auto" augmentation translates them and never flips them.
 NO_FLIP_DATASETS = frozenset({"digits", "mnist", "emnist", "kmnist", "svhn_cropped",
@@ -28,33 +28,6 @@ NO_FLIP_DATASETS = frozenset({"digits", "mnist", "emnist", "kmnist", "svhn_cropp
 MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
 DATA_DIR_HELP = ("config.dataset.data_dir (None: $TFDS_DATA_DIR, else ~/tensorflow_datasets; "
                  "on the command line --config.dataset.data_dir=/path)")
-
-
-class DatasetNotReadyError(FileNotFoundError):
-  """The dataset exists but is not prepared and cannot be prepared automatically (manual download)."""
-
-
-class Source(abc.ABC):
-  """A dataset the pipeline can read: classes, split sizes and one host's examples in a fixed order."""
-
-  name: str
-  num_classes: int
-  # What `augment="auto"` means here: "inception_crop_flip" (natural images) or "pad_crop".
-  default_augment: str
-  # (height, width, channels) when every image has that shape (digits, CIFAR), else None.
-  image_shape: tuple[int, int, int] | None = None
-
-  @abc.abstractmethod
-  def eval_split(self) -> str:
-    """The split to evaluate on when config.dataset.eval_split is None."""
-
-  @abc.abstractmethod
-  def num_examples(self, split: str, process_index: int = 0, process_count: int = 1) -> int:
-    """Examples in host `process_index`'s share of `split` (even split, sizes differ by at most 1)."""
-
-  @abc.abstractmethod
-  def read(self, split: str, process_index: int, process_count: int) -> tf.data.Dataset:
-    """Host `process_index`'s share of `split`: {"image", "label"} in the same order on every call."""
 
 
 def default_data_dir() -> str:
@@ -197,6 +170,5 @@ def tfds_source(name: str, data_dir: str | None, download: bool) -> TfdsSource:
 def get_source(name: str, data_dir: str | None, download: bool) -> Source:
   """The source for config.dataset.{name, data_dir, download} (cached: builders read metadata once)."""
   if name == "folder":
-    from mobilenet_jax.data import folder  # pylint: disable=g-import-not-at-top
     return folder.FolderSource(data_dir)
   return tfds_source(name, data_dir, download)

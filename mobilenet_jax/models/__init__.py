@@ -2,8 +2,9 @@
 
 from mobilenet_jax.models.blocks import DepthwiseSeparable, InvertedResidual
 from mobilenet_jax.models.builder import LayerSpec, MobileNet, NetworkSpec
-from mobilenet_jax.models.layers import (ConvNormAct, DepthwiseConv, SqueezeExcite, depthwise_conv,
-                                         make_divisible)
+from mobilenet_jax.models.fold import fold_batch_norm
+from mobilenet_jax.models.inference import inference_function
+from mobilenet_jax.models.layers import ConvNormAct, SqueezeExcite, make_divisible
 from mobilenet_jax.models.mobilenet_v1 import MobileNetV1, mobilenet_v1_spec
 from mobilenet_jax.models.mobilenet_v2 import MobileNetV2, mobilenet_v2_spec
 from mobilenet_jax.models.mobilenet_v3 import MobileNetV3, mobilenet_v3_spec

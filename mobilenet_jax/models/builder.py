@@ -15,11 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mobilenet_jax.models import kernels as kernels_lib
 from mobilenet_jax.models.blocks import DepthwiseSeparable, InvertedResidual
-from mobilenet_jax.models.fusion_barrier import materialized
-from mobilenet_jax.models.layers import (ACTIVATIONS, PADDING_MODES, Activation, Array, ConvNormAct,
-                                         ModuleDef, bind_norm, classifier_kernel_init,
-                                         global_average_pool, resolve_depthwise_impl)
+from mobilenet_jax.models.layers import (ACTIVATIONS, PADDING_MODES, Activation, Array, ModuleDef,
+                                         bind_norm, classifier_kernel_init, global_average_pool)
 
 MIN_RESOLUTION = 32
 FEATURE_STRIDES = (4, 8, 16, 32)
@@ -66,25 +65,6 @@ def check_positive(name: str, value: float) -> None:
                      "0.5 or 0.35")
 
 
-def stem_materialized_for(spec: NetworkSpec) -> bool:
-  """Whether `MobileNet.materialize_stem` applies: the first block starts with a stride-1
-  depthwise convolution (no expansion) and has no shortcut, so that convolution alone reads the stem
-  (V1, V2).
-
-  XLA:CPU otherwise fuses the stem's k*k*3 multiply-adds both into the pass that pads the stem's
-  output and into the depthwise pass, whose centre tap it simplifies to the unpadded tensor, and
-  so computes the stem twice. Where a shortcut also reads the stem (V3-Large) its output is stored
-  anyway; at stride 2 (V3-Small) no tap is the unpadded tensor; in both the extra buffer is a cost.
-  """
-  first = spec.blocks[0]
-  if first.stride != 1:
-    return False
-  if first.kind == "separable":
-    return True
-  return (first.kind == "inverted_residual" and first.expanded_features == spec.stem.features
-          and first.features != spec.stem.features)
-
-
 class MobileNet(nn.Module):
   """Base class of every MobileNet: the options common to all of them and the generic builder.
 
@@ -103,20 +83,10 @@ class MobileNet(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   bn_momentum: float = 0.99              # Flax convention: decay of the running average (TF 0.99)
   bn_epsilon: float = 1e-3               # TF/Keras; torchvision V2 and timm non-tf weights use 1e-5
-  padding: str = "same"                  # "same" (TF/Keras weights) or "symmetric" (PyTorch weights)
-  depthwise_impl: str = "auto"           # see layers.resolve_depthwise_impl
+  padding: str = "same"                  # "same" (TF/Keras), "symmetric" (PyTorch), "keras" (Keras V1)
   norm_layer: Optional[ModuleDef] = None  # replaces BatchNorm: a factory such as partial(nn.GroupNorm, 8)
   activation: Optional[Activation] = None  # replaces every activation of the table when set
-  # Inference only: inverted residual blocks whose input is at least this high and wide pad it
-  # before the expansion (InvertedResidual.pad_before_expansion); 0 never. Set by fold on CPU.
-  pad_before_expansion_min_size: int = 0
-  # Inference only: compute the stem's output into a buffer of its own when the first block's
-  # depthwise convolution is its only reader (`stem_materialized_for`). Set by fold on CPU.
-  materialize_stem: bool = False
-  # Inference only: squeeze-and-excite blocks whose depthwise output is at least this high and
-  # wide compute it into a buffer of its own (InvertedResidual.materialize_se_input); 0 never.
-  # Set by fold on CPU.
-  materialize_se_input_min_size: int = 0
+  kernels: str = "auto"                  # how layers are computed: models/kernels.py
 
   def network_spec(self) -> NetworkSpec:
     raise NotImplementedError
@@ -127,14 +97,10 @@ class MobileNet(nn.Module):
       raise ValueError(f"num_classes must be >= 0 (0 = headless), got {self.num_classes}")
     if self.padding not in PADDING_MODES:
       raise ValueError(f"padding must be one of {PADDING_MODES}, got {self.padding!r}")
-    resolve_depthwise_impl(self.depthwise_impl)
+    kernels_lib.resolve_kernels(self.kernels)
     rate = self.dropout_rate
     if rate is not None and not 0 <= rate < 1:
       raise ValueError(f"dropout_rate must be in [0, 1), got {rate}")
-    for field in ("pad_before_expansion_min_size", "materialize_se_input_min_size"):
-      value = getattr(self, field)
-      if not (isinstance(value, int) and value >= 0):
-        raise ValueError(f"{field} must be an int >= 0 (0: never), got {value!r}")
     if not 0 <= self.drop_path_rate < 1:
       raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
     self.network_spec()
@@ -156,15 +122,15 @@ class MobileNet(nn.Module):
         nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
         param_dtype=self.param_dtype)
     norm = bind_norm(norm, train)
+    conv_norm_act = kernels_lib.conv_norm_act(self.kernels)
     common = dict(norm=norm, padding=self.padding, dtype=self.dtype, param_dtype=self.param_dtype)
-    unit = functools.partial(ConvNormAct, depthwise_impl=self.depthwise_impl, **common)
+    unit = functools.partial(conv_norm_act, **common)
+    blocks = dict(conv_norm_act=conv_norm_act, **common)
 
     if self.dtype is not None:
       x = x.astype(self.dtype)
     x = unit(spec.stem.features, spec.stem.kernel_size, spec.stem.stride,
              activation=self._act(spec.stem.activation), name="stem")(x)
-    if self.materialize_stem and not train and stem_materialized_for(spec):
-      x = materialized(x, x[0, 0, 0, 0])
     stride = spec.stem.stride
     feature_maps = {stride: x}
     num_blocks = len(spec.blocks)
@@ -175,21 +141,15 @@ class MobileNet(nn.Module):
                  activation=self._act(layer.activation), name=name)(x)
       elif layer.kind == "separable":
         x = DepthwiseSeparable(layer.features, layer.kernel_size, layer.stride,
-                               activation=self._act(layer.activation),
-                               depthwise_impl=self.depthwise_impl, name=name, **common)(x, train)
+                               activation=self._act(layer.activation), name=name,
+                               **blocks)(x, train)
       elif layer.kind == "inverted_residual":
-        size = min(x.shape[1:3])
-        se_size = -(-size // layer.stride)  # depthwise output: "same" and "symmetric" (odd k) alike
         x = InvertedResidual(
             layer.features, expanded_features=layer.expanded_features,
             kernel_size=layer.kernel_size, strides=layer.stride,
             use_se=layer.se_features is not None, se_features=layer.se_features,
             activation=self._act(layer.activation),
-            drop_path_rate=self.drop_path_rate * i / num_blocks,
-            pad_before_expansion=0 < self.pad_before_expansion_min_size <= size,
-            materialize_se_input=(layer.se_features is not None
-                                  and 0 < self.materialize_se_input_min_size <= se_size),
-            depthwise_impl=self.depthwise_impl, name=name, **common)(x, train)
+            drop_path_rate=self.drop_path_rate * i / num_blocks, name=name, **blocks)(x, train)
       else:
         raise ValueError(f"unknown layer kind {layer.kind!r}")
       stride *= layer.stride

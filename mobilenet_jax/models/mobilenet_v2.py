@@ -49,7 +49,7 @@ def stage_expansions(expansion: Expansion) -> tuple[float, ...]:
                        f"{tuple(expansion)}")
   for t in ts:
     if not t >= 1:
-      raise ValueError(f"expansion factor t must be >= 1 (t < 1 would shrink, not expand), got {t}")
+      raise ValueError(f"expansion must be >= 1 (t < 1 would shrink, not expand), got {t}")
   return ts
 
 

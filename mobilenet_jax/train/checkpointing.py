@@ -18,14 +18,10 @@ import jax
 CHECKPOINT_DIR = "checkpoints"
 
 
-def _path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
   """{'classifier/kernel': (1280, 1000), ...} for any tree of arrays or array metadata."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_path_str(path): tuple(leaf.shape) for path, leaf in leaves}
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def first_mismatch(expected: dict[str, tuple], found: dict[str, tuple]) -> Optional[str]:

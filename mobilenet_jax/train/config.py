@@ -12,9 +12,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from mobilenet_jax.models.builder import MIN_RESOLUTION
 from mobilenet_jax.train import optim
-
-MIN_RESOLUTION = 32
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -31,8 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
       drop_path_rate=0.0,                            # stochastic depth (Huang et al. 2016)
       bn_momentum=0.99,                              # Flax momentum = TF BatchNorm decay
       bn_epsilon=1e-3,
-      padding="same",                                # "same" (TF) | "symmetric" (PyTorch)
-      depthwise_impl="auto",
+      padding="same",                                # "same" (TF) | "symmetric" (PyTorch) | "keras"
+      kernels="auto",                                # "auto" | "xla" | "cpu" (models/kernels.py)
   ))
   c.dataset = default_dataset_config()
   c.resolution = 224
@@ -81,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_only = False             # evaluate the latest checkpoint (or init_from) and stop
   c.distributed = False           # jax.distributed.initialize() (multi-host); or env var
   c.progress_bar = "auto"         # auto (when stderr is a terminal) | on | off
+  # JAX's persistent compilation cache: None = ~/.cache/mobilenet_jax/jax, "" = off, or a folder.
+  c.compilation_cache = config_dict.placeholder(str)
   c.tensorboard = True
   return c
 
@@ -126,18 +127,15 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
                     process_count: int = 1) -> None:
   """Clear errors for values no run can use, before anything is compiled."""
   import mobilenet_jax
+  from mobilenet_jax.train import state
 
-  m = config.model
-  if m.name not in mobilenet_jax.list_models():
-    raise ValueError(f"unknown model.name {m.name!r}; valid: {', '.join(mobilenet_jax.list_models())}")
-  if not m.width_multiplier > 0:
-    raise ValueError(f"model.width_multiplier must be > 0, got {m.width_multiplier}")
-  if m.get("expansion") is not None:  # one t, or one per stage of V2 Table 2 (a sequence)
-    per_stage = isinstance(m.expansion, (list, tuple))
-    ts = tuple(m.expansion) if per_stage else (m.expansion,)
-    if (per_stage and len(ts) != 7) or not all(isinstance(t, (int, float)) and t >= 1 for t in ts):
-      raise ValueError(f"model.expansion must be >= 1 (one t, or 7 per-stage values), got "
-                       f"{m.expansion}")
+  if config.model.name not in mobilenet_jax.list_models():
+    raise ValueError(f"unknown model.name {config.model.name!r}; valid: "
+                     f"{', '.join(mobilenet_jax.list_models())}")
+  try:  # create_model checks every model option
+    state.create_model(config, num_classes=1)
+  except ValueError as error:
+    raise ValueError(f"config.model: {error}") from error
   if config.resolution < MIN_RESOLUTION:
     raise ValueError(f"resolution must be >= {MIN_RESOLUTION} (five stride-2 layers), got "
                      f"{config.resolution}")

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mobilenet_jax.compilation_cache import enable_compilation_cache
 from mobilenet_jax.train import init_from, optim, sharding, steps
 from mobilenet_jax.train import state as state_lib
 from mobilenet_jax.train.checkpointing import Checkpointer
@@ -94,6 +95,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
   `preempted` (True when SIGTERM stopped the run after saving a checkpoint).
   """
   config = complete_config(config)
+  enable_compilation_cache(config.compilation_cache)
   sharding.maybe_initialize_distributed(config.distributed)
   validate_config(config, jax.device_count(), jax.process_count())
   from mobilenet_jax import data  # the data layer raises clear errors for missing datasets

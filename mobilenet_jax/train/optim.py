@@ -65,10 +65,6 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-def _path_names(path) -> list[str]:
-  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-
-
 def weight_decay_mask(params: Any, target: str = "kernels") -> Any:
   """True for the leaves that get weight decay.
 
@@ -81,7 +77,7 @@ def weight_decay_mask(params: Any, target: str = "kernels") -> Any:
                      f"got {target!r}")
 
   def decays(path, _):
-    names = _path_names(path)
+    names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
     if target == "all":
       return True
     if names[-1] != "kernel":

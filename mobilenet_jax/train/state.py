@@ -12,6 +12,7 @@ import ml_collections
 import optax
 
 import mobilenet_jax
+from mobilenet_jax.models.initialization import RUN_ONCE_COMPILER_OPTIONS
 from mobilenet_jax.models.norm import GroupedBatchNorm
 
 
@@ -76,11 +77,6 @@ def state_from_variables(variables: dict[str, Any], tx: optax.GradientTransforma
                     rng=jax.random.PRNGKey(seed + 1))
 
 
-# Initialisation runs once: compile it with XLA's cheap settings (what `jax_disable_most_optimizations`
-# sets), which roughly halves its compile time on CPU.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
 def _init_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation):
   ema = config.ema_decay > 0
 
@@ -109,7 +105,7 @@ def abstract_train_state(init: jax.stages.Traced) -> TrainState:
 
 def create_train_state(init: jax.stages.Traced) -> TrainState:
   """A fresh state from `trace_state_init`, created directly on the devices (replicated)."""
-  return init.lower().compile(FAST_COMPILE)()
+  return init.lower().compile(RUN_ONCE_COMPILER_OPTIONS)()
 
 
 def with_variables(state: TrainState, variables: dict[str, Any],

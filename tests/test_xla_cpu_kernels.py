@@ -1,4 +1,4 @@
-"""Every depthwise implementation, and convolutions as matmuls, equal lax.conv_general_dilated."""
+"""The XLA:CPU kernels (models/xla_cpu) equal XLA's own ops: convolutions, values and gradients."""
 
 import itertools
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import mobilenet_jax as mj
-from mobilenet_jax.models import layers
+from mobilenet_jax.models import kernels, layers
+from mobilenet_jax.models.xla_cpu import conv as cpu_conv
+from mobilenet_jax.models.xla_cpu.depthwise import depthwise_shifted
 
-IMPLS = [impl for impl in layers.DEPTHWISE_IMPLS if impl != "auto"]
 CASES = list(itertools.product((3, 5), (1, 2), ("same", "symmetric"), ((7, 9), (8, 6))))
 
 
@@ -25,8 +26,15 @@ def _value_and_grads(fn, x, kernel, cotangent):
   return (out, *vjp(cotangent))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_depthwise_matches_grouped_convolution(impl):
+def _cpu_depthwise(x, kernel, stride, padding):
+  """The CPU kernels' convolution with feature_group_count=C, as nn.Conv calls it."""
+  numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+  return cpu_conv.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                       dimension_numbers=numbers, feature_group_count=x.shape[-1])
+
+
+@pytest.mark.parametrize("materialize_gradient", [True, False])
+def test_depthwise_matches_grouped_convolution(materialize_gradient):
   """Forward, input gradient and kernel gradient, k=3/5, stride 1/2, both paddings, odd/even."""
   for case, (k, stride, mode, (h, w)) in enumerate(CASES):
     keys = jax.random.split(jax.random.key(case), 3)
@@ -36,20 +44,21 @@ def test_depthwise_matches_grouped_convolution(impl):
     out_shape = jax.eval_shape(lambda: _reference(x, kernel, stride, padding)).shape
     cotangent = jax.random.normal(keys[2], out_shape)
     want = _value_and_grads(lambda a, b: _reference(a, b, stride, padding), x, kernel, cotangent)
+    padding = tuple(map(tuple, padding))
     got = jax.jit(lambda a, b, c: _value_and_grads(
-        lambda a, b: layers.depthwise_conv(a, b, stride, padding, impl), a, b, c))(
+        lambda a, b: depthwise_shifted(a, b, stride, padding, materialize_gradient), a, b, c))(
             x, kernel, cotangent)
     for name, g, r in zip(("output", "d_input", "d_kernel"), got, want):
       assert g.shape == r.shape, (case, name)
       np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()),
-                                 err_msg=f"{impl} {name} k={k} s={stride} {mode} {h}x{w}")
+                                 err_msg=f"{name} k={k} s={stride} {mode} {h}x{w}")
 
 
 def test_shifted_keeps_bfloat16_and_matches_float32():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 4))
   padding = [(0, 1), (0, 1)]
-  f = lambda a, b: jnp.sum(layers.depthwise_conv(a, b, 2, padding, "shifted") ** 2)
+  f = lambda a, b: jnp.sum(_cpu_depthwise(a, b, 2, padding) ** 2)
   grad = jax.jit(jax.grad(f, argnums=(0, 1)))
   grads16 = grad(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
   grads32 = grad(x, kernel)
@@ -59,24 +68,20 @@ def test_shifted_keeps_bfloat16_and_matches_float32():
                                atol=0.05 * float(jnp.abs(g32).max()))
 
 
-def test_impl_selection_and_errors():
-  assert layers.resolve_depthwise_impl("auto") == (
-      "shifted" if jax.default_backend() == "cpu" else "xla")
-  assert layers.resolve_depthwise_impl("xla") == "xla"
-  with pytest.raises(ValueError, match="depthwise_impl must be one of"):
-    layers.resolve_depthwise_impl("grouped")
-  x = jnp.zeros((1, 8, 8, 4))
-  with pytest.raises(ValueError, match=r"\[k, k, 1, C=4\]"):
-    layers.depthwise_conv(x, jnp.zeros((3, 3, 4, 1)), 1, [(1, 1), (1, 1)], "shifted")
-  with pytest.raises(ValueError, match="unknown depthwise impl"):
-    layers.depthwise_conv(x, jnp.zeros((3, 3, 1, 4)), 1, [(1, 1), (1, 1)], "fast")
+def test_kernel_selection_and_errors():
+  assert kernels.resolve_kernels("auto") == ("cpu" if jax.default_backend() == "cpu" else "xla")
+  assert kernels.resolve_kernels("xla") == "xla"
+  assert kernels.conv_norm_act("xla") is layers.ConvNormAct
+  with pytest.raises(ValueError, match="kernels must be one of"):
+    kernels.resolve_kernels("shifted")
 
 
-def test_depthwise_module_keeps_grouped_kernel_layout():
-  for impl in IMPLS:
-    module = layers.DepthwiseConv(kernel_size=5, strides=2, impl=impl)
-    variables = module.init(jax.random.key(0), jnp.zeros((1, 9, 9, 6)))
-    assert variables["params"]["kernel"].shape == (5, 5, 1, 6)
+def test_depthwise_unit_keeps_grouped_kernel_layout_with_either_kernels():
+  for name in ("xla", "cpu"):
+    unit = kernels.conv_norm_act(name)(6, 5, 2, depthwise=True,
+                                       norm=lambda name: (lambda x: x))
+    variables = unit.init(jax.random.key(0), jnp.zeros((1, 9, 9, 6)))
+    assert variables["params"]["conv"]["kernel"].shape == (5, 5, 1, 6)
 
 
 @pytest.mark.parametrize("kernel_size,stride,in_features,padding,rewritten", [
@@ -87,7 +92,7 @@ def test_depthwise_module_keeps_grouped_kernel_layout():
     (3, 1, 5, "explicit", False),    # 45 > SHALLOW_CONV_MAX_DEPTH
     (1, 1, 5, "SAME", False),        # string padding: left to XLA
 ])
-def test_conv_general_dilated_fast_matches_convolution(kernel_size, stride, in_features, padding,
+def test_cpu_convolutions_match_convolution(kernel_size, stride, in_features, padding,
                                                        rewritten):
   """Forward and both gradients equal lax's; only the expected cases are rewritten."""
   x = jax.random.normal(jax.random.key(0), (2, 7, 8, in_features))
@@ -102,21 +107,21 @@ def test_conv_general_dilated_fast_matches_convolution(kernel_size, stride, in_f
                                              rhs_dilation=(1, 1), dimension_numbers=dn,
                                              feature_group_count=1)))
   want = jax.value_and_grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, kernel)
-  got = jax.value_and_grad(loss(layers.conv_general_dilated_fast), argnums=(0, 1))(x, kernel)
+  got = jax.value_and_grad(loss(cpu_conv.conv_general_dilated), argnums=(0, 1))(x, kernel)
   for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
-  jaxpr = str(jax.make_jaxpr(loss(layers.conv_general_dilated_fast))(x, kernel))
-  if jax.default_backend() == "cpu" or kernel_size == 1:
-    assert ("conv_general_dilated" not in jaxpr) == rewritten
+  jaxpr = str(jax.make_jaxpr(loss(cpu_conv.conv_general_dilated))(x, kernel))
+  assert ("conv_general_dilated" not in jaxpr) == rewritten
 
 
-def test_models_agree_across_depthwise_impls():
-  """A whole (narrow) network gives the same logits with every implementation."""
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v3_small"])
+def test_models_agree_across_kernels(name):
+  """A whole (narrow) network gives the same logits with XLA's ops and the CPU kernels."""
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   logits = []
-  for impl in IMPLS:
-    model = mj.create_model("mobilenet_v3_small", width_multiplier=0.35, num_classes=10,
-                            depthwise_impl=impl, padding="symmetric")
+  for name_of_kernels in ("xla", "cpu"):
+    model = mj.create_model(name, width_multiplier=0.35, num_classes=10,
+                            kernels=name_of_kernels, padding="symmetric")
     if not logits:  # the same parameters for every impl; eval_shape + numpy is faster than init
       shapes = jax.eval_shape(model.init, jax.random.key(1), x)
       rng = np.random.default_rng(0)

@@ -80,7 +80,7 @@ def reexec_with_retained_memory(python_args: Sequence[str]) -> None:
   """Restarts `python *python_args` with RETAIN_TUNABLES; returns if that is not needed.
 
   `python_args` are what follows the interpreter on the command line that started this program:
-  `["-m", "mobilenet_jax.benchmark", *sys.argv[1:]]` for a module, `sys.argv` for a script.
+  `["-m", "mobilenet_jax.tools.benchmark", *sys.argv[1:]]` for a module, `sys.argv` for a script.
 
   Returns without restarting where the tunables are already set, glibc is absent, or a restart
   has already been tried (no loops). Call it first thing in a command-line entry point, never from

@@ -1,7 +1,7 @@
 """Speed of MobileNet V1/V2/V3 in JAX against PyTorch and Keras-on-JAX, on this machine, in one run.
 
-    python -m mobilenet_jax.benchmark                        # V1, V2, V3-L, V3-S; batch 32; 224; f32
-    python -m mobilenet_jax.benchmark --models v2,v3_small --batch 1,32 --dtype float32,bfloat16 \\
+    python -m mobilenet_jax.tools.benchmark                  # V1, V2, V3-L, V3-S; batch 32; 224; f32
+    python -m mobilenet_jax.tools.benchmark --models v2,v3_small --batch 1,32 --dtype float32,bfloat16 \\
         --frameworks jax,torch --repeats 7 --json experiments/benchmark_results/cpu.json
 
 For each model, batch, resolution and dtype it prints inference images/s, batch-1 latency, training-step
@@ -11,8 +11,9 @@ this machine's matmul peak, measured in the same run with a large matmul. Framew
 interleaved rounds (JAX, torch, Keras, JAX, ...) so that load from other processes hits all of them
 alike; each figure is the median of `--repeats` timed calls after warm-up.
 
-JAX inference runs the network with BatchNorm folded into the convolutions (`models/fold.py`);
-`--no-fold-bn` measures the unfolded network. torch runs torchvision's models (timm's for V1) under
+Two JAX rows: `jax` is the fast inference program (`mobilenet_jax.inference_function`: BatchNorm
+folded, and on CPU the CPU inference engine); `jax_apply` is a plain `jax.jit(model.apply)` of the
+network, as a newcomer writes it (the model's default kernels; its training step is `jax`'s). torch runs torchvision's models (timm's for V1) under
 `torch.inference_mode`, Keras runs `keras.applications` on the JAX backend. Only jax, flax and optax
 are needed; torch/torchvision/timm and keras are used where installed.
 
@@ -33,16 +34,19 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilenet_jax import host_memory
-from mobilenet_jax.models.fold import (CPU_MICRO_BATCH, CPU_SIDE_BY_SIDE, inference_function,
-                                       loop_layout, resolve_micro_batch, resolve_side_by_side)
+from mobilenet_jax.compilation_cache import enable_compilation_cache
+from mobilenet_jax.models.inference import inference_function
+from mobilenet_jax.models.initialization import init_variables as models_init_variables
+from mobilenet_jax.models.kernels import KERNELS, resolve_kernels
 from mobilenet_jax.models.registry import create_model
+from mobilenet_jax.models.xla_cpu.inference import CPU_MICRO_BATCH, CPU_SIDE_BY_SIDE, loop_layout
+from mobilenet_jax.tools import host_memory
 from mobilenet_jax.profile import count_madds
 
 MODELS = {"v1": "mobilenet_v1", "v2": "mobilenet_v2", "v3_large": "mobilenet_v3_large",
@@ -54,7 +58,7 @@ TORCH_MODELS = {"mobilenet_v1": ("timm", "mobilenetv1_100"),
                 "mobilenet_v3_small": ("torchvision", "mobilenet_v3_small")}
 KERAS_MODELS = {"mobilenet_v1": "MobileNet", "mobilenet_v2": "MobileNetV2",
                 "mobilenet_v3_large": "MobileNetV3Large", "mobilenet_v3_small": "MobileNetV3Small"}
-FRAMEWORKS = ("jax", "torch", "keras")
+FRAMEWORKS = ("jax", "jax_apply", "torch", "keras")
 MALLOC_MODES = ("retain", "default")
 MODES = ("infer", "latency", "train")
 DTYPES = ("float32", "bfloat16")
@@ -166,8 +170,7 @@ def _compile(fn: Callable[..., Any], *args: Any, donate: Sequence[int] = ()) -> 
 
 @functools.lru_cache(maxsize=1)
 def _cached_init(model: Any, resolution: int) -> Any:
-  images = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
-  return jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), images)
+  return models_init_variables(model, resolution, seed=0)
 
 
 def init_variables(model: Any, resolution: int) -> Any:
@@ -178,22 +181,20 @@ def init_variables(model: Any, resolution: int) -> Any:
 
 def jax_runner(name: str, mode: str, batch: int, resolution: int, dtype: str,
                options: argparse.Namespace) -> Runner:
-  model = create_model(name, num_classes=NUM_CLASSES, depthwise_impl=options.depthwise_impl,
+  model = create_model(name, num_classes=NUM_CLASSES, kernels=options.kernels,
                        dtype=None if dtype == "float32" else jnp.dtype(dtype))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.standard_normal((batch, resolution, resolution, 3), np.float32))
   variables = init_variables(model, resolution)
   if mode in ("infer", "latency"):
-    micro_batch = resolve_micro_batch(options.micro_batch)
-    side_by_side = resolve_side_by_side(options.side_by_side)
-    predict, variables = inference_function(model, variables, fold=options.fold_bn,
-                                            micro_batch=micro_batch, side_by_side=side_by_side)
-    notes = ["BN folded"] if options.fold_bn else []
-    size, count = loop_layout(batch, micro_batch, side_by_side)
-    if size:
-      notes.append(f"micro-batch {size}")
-    if count > 1:
-      notes.append(f"{count} side by side")
+    notes = ["BN folded"]
+    if resolve_kernels(options.kernels) == "cpu":
+      cpu_options = dict(micro_batch=options.micro_batch, side_by_side=options.side_by_side)
+      size, count = loop_layout(batch, options.micro_batch, options.side_by_side)
+      notes += [f"micro-batch {size}"] * bool(size) + [f"{count} side by side"] * (count > 1)
+    else:
+      cpu_options = {}
+    predict, variables = inference_function(model, variables, **cpu_options)
     note = ", ".join(notes)
     compiled, compile_s, lowered = _compile(predict, variables, images)
     return Runner(lambda: compiled(variables, images).block_until_ready(), compile_s,
@@ -225,6 +226,22 @@ def jax_runner(name: str, mode: str, batch: int, resolution: int, dtype: str,
     state[0], loss = compiled(state[0], images, labels, key)
     loss.block_until_ready()
   return Runner(step, compile_s, _compiled_peak_bytes(compiled), _lowered_flops(lowered))
+
+
+def jax_apply_runner(name: str, mode: str, batch: int, resolution: int, dtype: str,
+                     options: argparse.Namespace) -> Runner:
+  """`jax.jit(model.apply)` of the unfolded network, for inference; no separate training step."""
+  if mode == "train":
+    raise ValueError("jax_apply measures inference only (its training step is jax's)")
+  model = create_model(name, num_classes=NUM_CLASSES, kernels=options.kernels,
+                       dtype=None if dtype == "float32" else jnp.dtype(dtype))
+  images = jnp.asarray(np.random.default_rng(0).standard_normal(
+      (batch, resolution, resolution, 3), np.float32))
+  variables = init_variables(model, resolution)
+  apply = jax.jit(functools.partial(model.apply, train=False))
+  compiled, compile_s, lowered = _compile(apply, variables, images)
+  return Runner(lambda: compiled(variables, images).block_until_ready(), compile_s,
+                _compiled_peak_bytes(compiled), _lowered_flops(lowered), "jax.jit(model.apply)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,7 +340,8 @@ def keras_runner(name: str, mode: str, batch: int, resolution: int, dtype: str,
                 if mode != "train" else "train_on_batch")
 
 
-RUNNERS = {"jax": jax_runner, "torch": torch_runner, "keras": keras_runner}
+RUNNERS = {"jax": jax_runner, "jax_apply": jax_apply_runner, "torch": torch_runner,
+           "keras": keras_runner}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,6 +354,8 @@ def measure(name: str, mode: str, batch: int, resolution: int, dtype: str,
   """Prepares every framework's step, then times them in interleaved rounds."""
   runners = {}
   for framework in frameworks:
+    if framework == "jax_apply" and mode == "train":
+      continue  # the same training step as "jax"
     try:
       runners[framework] = RUNNERS[framework](name, mode, batch, resolution, dtype, options)
     except Exception as error:  # pylint: disable=broad-except
@@ -375,7 +395,7 @@ def print_table(results: list[Result], frameworks: Sequence[str]) -> None:
                       and (r.resolution, r.dtype) == (resolution, dtype)})
     models = list(dict.fromkeys(r.model for r in results))
     print(f"\n== {resolution}x{resolution}, {dtype} ==")
-    header = (f"{'model':<20}{'framework':<8}{'batch':>6}{'infer img/s':>13}{'train img/s':>13}"
+    header = (f"{'model':<20}{'framework':<10}{'batch':>6}{'infer img/s':>13}{'train img/s':>13}"
               f"{'b1 ms':>9}{'compile s inf/train':>21}{'peak MB inf/train':>19}"
               f"{'% peak inf/train':>18}")
     print(header)
@@ -393,28 +413,29 @@ def print_table(results: list[Result], frameworks: Sequence[str]) -> None:
           peak = f"{_fmt(get(infer, 'peak_mb'), '.0f')}/{_fmt(get(train, 'peak_mb'), '.0f')}"
           frac = (f"{_fmt(None if infer is None else 100 * infer.peak_fraction, '.1f')}/"
                   f"{_fmt(None if train is None else 100 * train.peak_fraction, '.1f')}")
-          print(f"{model:<20}{framework:<8}{batch:>6}{_fmt(get(infer, 'images_per_s'), '.1f'):>13}"
+          print(f"{model:<20}{framework:<10}{batch:>6}{_fmt(get(infer, 'images_per_s'), '.1f'):>13}"
                 f"{_fmt(get(train, 'images_per_s'), '.1f'):>13}"
                 f"{_fmt(get(latency, 'latency_ms'), '.1f'):>9}{compile_s:>21}{peak:>19}{frac:>18}")
-    others = [f for f in frameworks if f != "jax"]
-    if "jax" not in frameworks or not others:
+    ours = [f for f in frameworks if f.startswith("jax")]
+    others = [f for f in frameworks if not f.startswith("jax")]
+    if not ours or not others:
       continue
     print("speed-up of JAX (>1: JAX faster; latency: their ms / JAX ms)")
     for model in models:
-      for other in others:
+      for mine_name, other in ((m, o) for m in ours for o in others):
         cells = []
         for batch in batches:
           for mode in ("infer", "train"):
-            mine = by_key.get((model, "jax", mode, batch, resolution, dtype))
+            mine = by_key.get((model, mine_name, mode, batch, resolution, dtype))
             theirs = by_key.get((model, other, mode, batch, resolution, dtype))
             if mine and theirs:
               cells.append(f"{mode} b{batch} {mine.images_per_s / theirs.images_per_s:.2f}x")
-        mine = by_key.get((model, "jax", "latency", 1, resolution, dtype))
+        mine = by_key.get((model, mine_name, "latency", 1, resolution, dtype))
         theirs = by_key.get((model, other, "latency", 1, resolution, dtype))
         if mine and theirs:
           cells.append(f"latency b1 {theirs.latency_ms / mine.latency_ms:.2f}x")
         if cells:
-          print(f"  {model:<20} vs {other:<6} " + ", ".join(cells))
+          print(f"  {model:<20} {mine_name:<9} vs {other:<6} " + ", ".join(cells))
 
 
 def _csv(kind: Callable[[str], Any], choices: Optional[Sequence[str]] = None
@@ -429,20 +450,18 @@ def _csv(kind: Callable[[str], Any], choices: Optional[Sequence[str]] = None
   return parse
 
 
-def _auto_or_int(minimum: int) -> Callable[[str], Union[int, str]]:
-  """An argparse type: 'auto' or an int >= `minimum`."""
-  def parse(text: str) -> Union[int, str]:
-    if text == "auto":
-      return text
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+  """An argparse type: an int >= `minimum`."""
+  def parse(text: str) -> int:
     if not text.isdigit() or int(text) < minimum:
-      raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto' or an int >= {minimum}")
+      raise argparse.ArgumentTypeError(f"{text!r}: expected an int >= {minimum}")
     return int(text)
   return parse
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog="python -m mobilenet_jax.benchmark", description=__doc__.split("\n\n")[0],
+      prog="python -m mobilenet_jax.tools.benchmark", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--models", type=_csv(str, tuple(MODELS)), default=list(MODELS),
                       help="which networks")
@@ -460,16 +479,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--warmup", type=int, default=2, help="untimed calls after compilation")
   parser.add_argument("--settle-s", type=float, default=0.05,
                       help="pause before each timed call (other framework's threads go idle)")
-  parser.add_argument("--depthwise-impl", default="auto",
-                      help="JAX depthwise implementation (models/layers.py DEPTHWISE_IMPLS)")
-  parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
-                      help="JAX inference without folding BatchNorm into the convolutions")
-  parser.add_argument("--micro-batch", type=_auto_or_int(0), default="auto",
-                      help="JAX inference micro-batch (models/fold.py inference_function): auto "
-                      f"({CPU_MICRO_BATCH} on CPU, whole batch elsewhere), 0 = whole batch")
-  parser.add_argument("--side-by-side", type=_auto_or_int(1), default="auto",
-                      help="JAX inference micro-batches computed independently per loop step "
-                      f"(models/fold.py): auto ({CPU_SIDE_BY_SIDE} on CPU, 1 elsewhere)")
+  parser.add_argument("--kernels", choices=KERNELS, default="auto",
+                      help="JAX layer kernels (models/kernels.py): auto = the CPU kernels on CPU")
+  parser.add_argument("--micro-batch", type=_int_at_least(0), default=CPU_MICRO_BATCH,
+                      help="CPU inference engine: images per micro-batch, 0 = whole batch")
+  parser.add_argument("--side-by-side", type=_int_at_least(1), default=CPU_SIDE_BY_SIDE,
+                      help="CPU inference engine: micro-batches computed side by side per step")
   parser.add_argument("--threads", type=int, default=0,
                       help="torch intra-op threads; 0: as many as XLA uses (the CPU count)")
   parser.add_argument("--torch-device", default="auto", help="auto (cuda if available), cpu, cuda")
@@ -481,6 +496,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       "process (host_memory.py); default: glibc's defaults")
   parser.add_argument("--peak-size", type=int, default=0,
                       help="matmul size of the peak measurement; 0: 2048 on CPU, 8192 elsewhere")
+  parser.add_argument("--compilation-cache", default=None, metavar="DIR",
+                      help="JAX's persistent compilation cache (default ~/.cache/mobilenet_jax/jax; "
+                      "'' switches it off: then the compile times are those of a first start)")
   parser.add_argument("--json", metavar="PATH", help="write every measurement to this JSON file")
   args = parser.parse_args(argv)
   for flag in ("repeats", "latency_repeats"):
@@ -548,11 +566,13 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Result]:
   malloc_retained = host_memory.memory_retained()
   if args.malloc == "retain" and not malloc_retained:
     print("note: freed memory is not retained (GLIBC_TUNABLES lacks host_memory.RETAIN_TUNABLES): "
-          "run `python -m mobilenet_jax.benchmark` from a shell, which restarts with them, or set "
+          "run `python -m mobilenet_jax.tools.benchmark` from a shell, which restarts with them, or set "
           "them before starting Python; XLA's CPU steps then page-fault their buffers every call",
           file=sys.stderr)
   frameworks = _prepare_frameworks(args)
+  cache = enable_compilation_cache(args.compilation_cache)
   info = machine_info(args)
+  info["compilation_cache"] = cache
   info.update(malloc=args.malloc, malloc_retained=malloc_retained,
               glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
               transparent_hugepages=host_memory.transparent_hugepages())
@@ -564,7 +584,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Result]:
         d: measure_torch_matmul_peak(d, peak_size, 10, args.torch_device) / 1e9
         for d in args.dtype}
   print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-  print(f"JAX depthwise_impl={args.depthwise_impl}, BN folded for inference: {args.fold_bn}; "
+  print(f"JAX kernels={args.kernels} ({resolve_kernels(args.kernels)}); "
         f"times: median of {args.repeats} calls ({args.latency_repeats} for batch-1 latency), "
         f"{args.warmup} warm-up calls; '% peak': model FLOPs (2 x MAdds, x3 for training) per "
         "second over the measured matmul peak of the same dtype")
@@ -581,7 +601,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Result]:
         for mode, batch in jobs:
           new = measure(name, mode, batch, resolution, dtype, frameworks, args, peaks, madds)
           for r in new:
-            print(f"  {r.model} {r.framework:<5} {r.mode:<7} b{r.batch} {r.resolution} {r.dtype}: "
+            print(f"  {r.model} {r.framework:<9} {r.mode:<7} b{r.batch} {r.resolution} {r.dtype}: "
                   f"{r.images_per_s:9.1f} img/s {r.latency_ms:9.2f} ms/call", flush=True)
           results += new
   info["load_average_end"] = load_average()
@@ -591,7 +611,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Result]:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
       json.dump({"machine": info, "options": {k: v for k, v in vars(args).items()},
-                 "command": " ".join(["python -m mobilenet_jax.benchmark", *(argv or sys.argv[1:])]),
+                 "command": " ".join(["python -m mobilenet_jax.tools.benchmark", *(argv or sys.argv[1:])]),
                  "results": [dataclasses.asdict(r) for r in results]}, f, indent=1)
     print(f"wrote {args.json}")
   return results
@@ -599,5 +619,5 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Result]:
 
 if __name__ == "__main__":
   if parse_args().malloc == "retain":
-    host_memory.reexec_with_retained_memory(["-m", "mobilenet_jax.benchmark", *sys.argv[1:]])
+    host_memory.reexec_with_retained_memory(["-m", "mobilenet_jax.tools.benchmark", *sys.argv[1:]])
   main()

@@ -1,0 +1,205 @@
+"""The CPU inference engine: a folded MobileNet as one XLA:CPU program, run in micro-batches.
+
+`cpu_inference_function(model, variables)` folds BatchNorm into the convolutions (`models/fold.py`)
+and builds its own forward program from the network's resolved table (`model.network_spec()`) and
+the folded weights; the public modules are not involved, so the rearrangements below need no field
+of theirs. Same logits as `model.apply(variables, images, train=False)` up to float rounding
+(tests/test_inference.py). What it does for XLA:CPU, each kept where a one-run A/B of
+`python experiments/ab_inference.py` measured >= 1.05x on some model (batch 32, 224, 2-core CPU):
+
+- **Micro-batches** of `CPU_MICRO_BATCH` images inside one compiled program (`lax.map`): a batch-8
+  V2 layer (at most 8x112x112x96 floats, 38 MB) stays near the L3 cache; V2 198 -> 181 ms,
+  V3-Large 165 -> 154 ms per batch of 32.
+- **Micro-batches side by side**: each loop step computes `CPU_SIDE_BY_SIDE` of them independently,
+  and XLA:CPU overlaps their single-core element-wise and depthwise fusions: V3-Small 1.17x,
+  V3-Large 1.04x (V1 1.03x, V2 1.02x: noise, but one loop layout serves all).
+- **The stem stored once** where the first block's depthwise convolution is its only reader (V1,
+  V2): XLA had computed the stem's 27 multiply-adds twice, in the padding pass and in the depthwise
+  pass. V1 1.05x, V2 1.06x.
+- **Padding before the expansion** in ReLU6 blocks whose input is at least
+  `PAD_BEFORE_EXPANSION_MIN_SIZE` (V2): the narrow input is padded, and the expanded border zeroed
+  after the activation, so bias and activation fuse into the depthwise pass instead of a pass
+  writing the widest tensor of the block again, padded. V2 1.06x (V3's ReLU blocks 0.99-1.01x; with
+  hard-swish one block was 18% slower, the activation being recomputed for each tap).
+- **5x5 squeeze-and-excite inputs stored once** at `SE_INPUT_MIN_SIZE` and more (V3-Large's 28x28
+  blocks): SE reads the depthwise output twice, and XLA had fused the whole 25-tap convolution into
+  the gating pass as well. V3-Large 1.08x (3x3 and smaller maps: 0.97-1.02x).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mobilenet_jax.models.builder import LayerSpec, MobileNet
+from mobilenet_jax.models.fold import fold_batch_norm
+from mobilenet_jax.models.layers import ACTIVATIONS, Activation, global_average_pool, spatial_padding
+from mobilenet_jax.models.xla_cpu.conv import conv_general_dilated
+from mobilenet_jax.models.xla_cpu.depthwise import pad_spatial, zero_border
+from mobilenet_jax.models.xla_cpu.fusion_barrier import materialized
+
+Array = jax.Array
+Params = Mapping[str, Any]
+
+CPU_MICRO_BATCH = 8
+CPU_SIDE_BY_SIDE = 2
+PAD_BEFORE_EXPANSION_MIN_SIZE = 56
+SE_INPUT_MIN_SIZE = 28
+
+
+def stored_once(x: Array) -> Array:
+  """`x` computed into a buffer of its own (see fusion_barrier.materialized)."""
+  return materialized(x, x[0, 0, 0, 0])
+
+
+def loop_layout(batch: int, micro_batch: int, side_by_side: int) -> tuple[int, int]:
+  """`(micro_batch, side_by_side)` as the program runs a batch of `batch` images: `(0, 1)` when it
+  runs the batch whole; side by side only when a full step of `micro_batch * side_by_side` images
+  fits in the batch."""
+  if not micro_batch or batch <= micro_batch:
+    return 0, 1
+  return micro_batch, side_by_side if batch >= micro_batch * side_by_side else 1
+
+
+class _Program:
+  """The folded network's forward pass for one batch, from its table and weights."""
+
+  def __init__(self, model: MobileNet, store_stem: bool, pad_before_expansion_min_size: int,
+               se_input_min_size: int):
+    self.store_stem = store_stem
+    self.pad_first_min = pad_before_expansion_min_size
+    self.se_input_min = se_input_min_size
+    self.spec = model.network_spec()
+    self.dtype = model.dtype
+    self.padding = model.padding
+    self.activation = model.activation
+    self.num_classes = model.num_classes
+
+  def act(self, name: str) -> Activation:
+    return self.activation or ACTIVATIONS[name]
+
+  def cast(self, *arrays: Array) -> list[Array]:
+    dtype = self.dtype or jnp.result_type(*arrays)
+    return [a.astype(dtype) for a in arrays]
+
+  def conv(self, p: Params, x: Array, k: int, stride: int, activation: Optional[Activation],
+           depthwise: bool = False, pads: Optional[list[tuple[int, int]]] = None) -> Array:
+    """Folded conv + bias + activation (a `ConvNormAct` with its BatchNorm folded)."""
+    x, kernel, bias = self.cast(x, p["conv"]["kernel"], p["norm"]["bias"])
+    if pads is None:
+      pads = spatial_padding(x, k, stride, self.padding, depthwise)
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+    y = conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=numbers,
+                             feature_group_count=x.shape[-1] if depthwise else 1) + bias
+    return y if activation is None else activation(y)
+
+  def dense(self, p: Params, x: Array) -> Array:
+    x, kernel, bias = self.cast(x, p["kernel"], p["bias"])
+    return x @ kernel + bias
+
+  def squeeze_excite(self, p: Params, x: Array) -> Array:
+    s = global_average_pool(x)
+    s = jax.nn.hard_sigmoid(self.dense(p["expand"], jax.nn.relu(self.dense(p["reduce"], s))))
+    return x * s[:, None, None, :].astype(x.dtype)
+
+  def inverted_residual(self, p: Params, x: Array, layer: LayerSpec) -> Array:
+    activation, k, stride = self.act(layer.activation), layer.kernel_size, layer.stride
+    shortcut, in_features = x, x.shape[-1]
+    pads = spatial_padding(x, k, stride, self.padding, depthwise=True)
+    if layer.expanded_features != in_features:
+      if layer.activation == "relu6" and 0 < self.pad_first_min <= min(x.shape[1:3]):
+        x = zero_border(self.conv(p["expand"], pad_spatial(x, pads), 1, 1, activation), pads)
+        pads = [(0, 0), (0, 0)]
+      else:
+        x = self.conv(p["expand"], x, 1, 1, activation)
+    x = self.conv(p["depthwise"], x, k, stride, activation, depthwise=True, pads=pads)
+    if layer.se_features is not None:
+      if k >= 5 and 0 < self.se_input_min <= min(x.shape[1:3]):
+        x = stored_once(x)
+      x = self.squeeze_excite(p["se"], x)
+    x = self.conv(p["project"], x, 1, 1, None)
+    return x + shortcut if stride == 1 and in_features == layer.features else x
+
+  def stem_read_only_by_first_depthwise(self) -> bool:
+    """The first block starts with a stride-1 depthwise convolution and has no shortcut (V1, V2).
+    Where a shortcut also reads the stem (V3-Large) its output is stored anyway; at stride 2
+    (V3-Small) no tap is the unpadded tensor; in both a buffer of its own only costs."""
+    stem, first = self.spec.stem, self.spec.blocks[0]
+    if first.stride != 1:
+      return False
+    return first.kind == "separable" or (first.kind == "inverted_residual"
+                                         and first.expanded_features == stem.features
+                                         and first.features != stem.features)
+
+  def __call__(self, params: Params, x: Array) -> Array:
+    spec = self.spec
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+    x = self.conv(params["stem"], x, spec.stem.kernel_size, spec.stem.stride,
+                  self.act(spec.stem.activation))
+    if self.store_stem and self.stem_read_only_by_first_depthwise():
+      x = stored_once(x)
+    for i, layer in enumerate(spec.blocks):
+      p, activation = params[f"blocks_{i}"], self.act(layer.activation)
+      if layer.kind == "conv":
+        x = self.conv(p, x, layer.kernel_size, layer.stride, activation)
+      elif layer.kind == "separable":
+        x = self.conv(p["depthwise"], x, layer.kernel_size, layer.stride, activation, True)
+        x = self.conv(p["pointwise"], x, 1, 1, activation)
+      else:
+        x = self.inverted_residual(p, x, layer)
+    if spec.last_conv is not None:
+      x = self.conv(params["last_conv"], x, 1, 1, self.act(spec.last_conv.activation))
+    x = global_average_pool(x)
+    if spec.head_features:
+      x = self.act(spec.head_activation)(self.dense(params["head"], x))
+    return x if self.num_classes == 0 else self.dense(params["classifier"], x)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def cpu_inference_function(model: MobileNet, variables: Mapping[str, Any], *,
+                           micro_batch: int = CPU_MICRO_BATCH, side_by_side: int = CPU_SIDE_BY_SIDE,
+                           store_stem: bool = True,
+                           pad_before_expansion_min_size: int = PAD_BEFORE_EXPANSION_MIN_SIZE,
+                           se_input_min_size: int = SE_INPUT_MIN_SIZE
+                           ) -> tuple[Callable[[Any, Array], Array], dict[str, Any]]:
+  """Returns `(predict, predict_variables)`, `predict(predict_variables, images) -> logits`, jitted.
+
+  Batches larger than `micro_batch` run as micro-batches (0: whole batches), `side_by_side` of them
+  per loop step; any batch size works (the rest after the last full step runs whole). The other
+  options set the rearrangements of the module docstring (`store_stem=False` and min sizes of 0 turn
+  them off, for A/B runs); every setting gives the same logits.
+  """
+  _check_int("micro_batch", micro_batch, 0)
+  _check_int("side_by_side", side_by_side, 1)
+  _check_int("pad_before_expansion_min_size", pad_before_expansion_min_size, 0)
+  _check_int("se_input_min_size", se_input_min_size, 0)
+  if not isinstance(store_stem, bool):
+    raise ValueError(f"store_stem must be True or False, got {store_stem!r}")
+  _, folded = fold_batch_norm(model, variables)
+  program = _Program(model, store_stem, pad_before_expansion_min_size, se_input_min_size)
+
+  def apply(variables, images):
+    return program(variables["params"], images)
+
+  def predict(variables, images):
+    batch = images.shape[0]
+    size, count = loop_layout(batch, micro_batch, side_by_side)
+    if not size:
+      return apply(variables, images)
+    per_step = size * count
+    whole = batch - batch % per_step
+    chunks = images[:whole].reshape(whole // per_step, count, size, *images.shape[1:])
+    step = lambda chunk: jnp.stack([apply(variables, c) for c in chunk])  # noqa: E731
+    out = jax.lax.map(step, chunks)
+    out = out.reshape(whole, *out.shape[3:])
+    if whole < batch:
+      out = jnp.concatenate([out, apply(variables, images[whole:])])
+    return out
+  return jax.jit(predict), folded
