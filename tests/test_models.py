@@ -327,3 +327,47 @@ def test_init_variables_equals_model_init():
   assert float(got["params"]["classifier"]["kernel"].std()) < 0.012
   np.testing.assert_array_equal(got["params"]["stem"]["norm"]["scale"], 1.0)
   np.testing.assert_array_equal(got["batch_stats"]["stem"]["norm"]["var"], 1.0)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"])
+def test_small_input_keeps_the_weights_and_quadruples_the_map_sizes(name):
+  """small_input=1 (stem at stride 1) on 32x32 images is the network on 64x64 images after its
+  stem: the same weights, every later map as large, so the same MAdds as the plain network at 64
+  (the stem's output is 32x32 either way); small_input=2 also runs the first stride-2 block at
+  stride 1."""
+  plain = mj.create_model(name, width_multiplier=0.25, num_classes=10)
+  small = plain.clone(small_input=1)
+  shapes = lambda m, size: jax.tree.map(np.shape, jax.eval_shape(
+      lambda: m.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)))
+  assert shapes(small, 32) == shapes(plain, 32)
+  assert mj.count_params(jax.eval_shape(lambda: small.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))) == mj.count_params(
+          jax.eval_shape(lambda: plain.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                            train=False)))
+  assert mj.count_madds(small, 32) == mj.count_madds(plain, 64)
+  maps = jax.eval_shape(lambda: small.apply(small.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))),
+                                            jnp.zeros((1, 32, 32, 3)), features=True))
+  assert {s: m.shape[1] for s, m in maps.items()} == {2: 16, 4: 8, 8: 4, 16: 2}
+  assert small.feature_channels() == {s // 2: c for s, c in plain.feature_channels().items()}
+  twice = plain.clone(small_input=2)
+  costs = {c.path: c for c in mj.layer_costs(twice, 32)}
+  assert costs["stem/conv"].out_size == (32, 32) and costs["stem/conv"].stride == 1
+  assert twice.apply(twice.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))),
+                     jnp.zeros((1, 8, 8, 3))).shape == (1, 10)
+
+
+def test_small_input_madds_by_hand():
+  """V1 x0.25 (stem 8, then 3x3 depthwise + 1x1 layers of Table 1 scaled) at 32x32 with the stem
+  at stride 1: every map is twice as high and wide as at stride 2, so each convolution's MAdds are
+  4x, the classifier's unchanged. By hand from Table 1: stem 3*3*3*8 * 32*32."""
+  plain = mj.create_model("mobilenet_v1", width_multiplier=0.25, num_classes=10)
+  small = plain.clone(small_input=1)
+  classifier = 256 * 10
+  stem_small = 3 * 3 * 3 * 8 * 32 * 32
+  stem_plain = 3 * 3 * 3 * 8 * 16 * 16
+  rest = mj.count_madds(plain, 32) - classifier - stem_plain
+  assert mj.count_madds(small, 32) == stem_small + 4 * rest + classifier
+  with pytest.raises(ValueError, match="small_input must be 0, 1"):
+    mj.create_model("mobilenet_v2", small_input=3)
+  with pytest.raises(ValueError, match="at least 16x16"):
+    small.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))

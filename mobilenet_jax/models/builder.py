@@ -59,6 +59,18 @@ class NetworkSpec:
     return (self.stem, *self.blocks, *((self.last_conv,) if self.last_conv else ()))
 
 
+def with_small_input(spec: NetworkSpec, layers: int) -> NetworkSpec:
+  """`spec` with its first `layers` stride-2 layers (the stem first) at stride 1: how CIFAR papers
+  adapt ImageNet networks to 32x32 images (e.g. MobileNetV2 on CIFAR-10 with the stem and the
+  first stride-2 stage at stride 1), keeping every weight shape."""
+  strided = [i for i, layer in enumerate(spec.layers) if layer.stride > 1][:layers]
+  layers_ = [dataclasses.replace(layer, stride=1) if i in strided else layer
+             for i, layer in enumerate(spec.layers)]
+  blocks = tuple(layers_[1:1 + len(spec.blocks)])
+  return dataclasses.replace(spec, stem=layers_[0], blocks=blocks,
+                             last_conv=layers_[-1] if spec.last_conv else None)
+
+
 def check_positive(name: str, value: float) -> None:
   if not value > 0:
     raise ValueError(f"{name} must be > 0, got {value!r}; the papers use values such as 1.0, 0.75, "
@@ -68,8 +80,9 @@ def check_positive(name: str, value: float) -> None:
 class MobileNet(nn.Module):
   """Base class of every MobileNet: the options common to all of them and the generic builder.
 
-  Subclasses define `network_spec()`. Call with `(images, train=False)` on NHWC images of any size
-  from 32x32 up (global pooling: the resolution multiplier rho is just the input size).
+  Subclasses define `table_spec()`, their paper's table resolved for the width multiplier. Call with
+  `(images, train=False)` on NHWC images of any size from 32x32 up (global pooling: the resolution
+  multiplier rho is just the input size; 16x16 with `small_input=1`, 8x8 with 2).
 
   Returns logits `[N, num_classes]`; pooled features `[N, C]` when `num_classes=0`; and with
   `features=True` a dict `{4: ..., 8: ..., 16: ..., 32: ...}` of the feature maps at those strides
@@ -87,9 +100,23 @@ class MobileNet(nn.Module):
   norm_layer: Optional[ModuleDef] = None  # replaces BatchNorm: a factory such as partial(nn.GroupNorm, 8)
   activation: Optional[Activation] = None  # replaces every activation of the table when set
   kernels: str = "auto"                  # how layers are computed: models/kernels.py
+  small_input: int = 0                   # 32x32 datasets: the first N stride-2 layers at stride 1
+
+  def table_spec(self) -> NetworkSpec:
+    raise NotImplementedError
 
   def network_spec(self) -> NetworkSpec:
-    raise NotImplementedError
+    """The network as built: the table, with `small_input` applied."""
+    return with_small_input(self.table_spec(), self.small_input)
+
+  @property
+  def min_resolution(self) -> int:
+    return MIN_RESOLUTION // 2 ** self.small_input
+
+  @property
+  def feature_strides(self) -> tuple[int, ...]:
+    """The strides of the maps `features=True` returns (4, 8, 16, 32, halved per `small_input`)."""
+    return tuple(s // 2 ** self.small_input for s in FEATURE_STRIDES)
 
   def validate(self) -> None:
     """Raises ValueError on options no network can be built from (called before any tracing)."""
@@ -101,6 +128,9 @@ class MobileNet(nn.Module):
     rate = self.dropout_rate
     if rate is not None and not 0 <= rate < 1:
       raise ValueError(f"dropout_rate must be in [0, 1), got {rate}")
+    if not (isinstance(self.small_input, int) and 0 <= self.small_input <= 2):
+      raise ValueError(f"small_input must be 0, 1 (stem at stride 1) or 2 (also the first stride-2 "
+                       f"block), got {self.small_input!r}")
     if not 0 <= self.drop_path_rate < 1:
       raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
     self.network_spec()
@@ -113,9 +143,11 @@ class MobileNet(nn.Module):
                ) -> Union[Array, dict[int, Array]]:
     if x.ndim != 4:
       raise ValueError(f"expected NHWC images [batch, height, width, channels], got shape {x.shape}")
-    if min(x.shape[1], x.shape[2]) < MIN_RESOLUTION:
-      raise ValueError(f"images must be at least {MIN_RESOLUTION}x{MIN_RESOLUTION} (five stride-2 "
-                       f"layers), got {x.shape[1]}x{x.shape[2]}; resize or pad them first")
+    if min(x.shape[1], x.shape[2]) < self.min_resolution:
+      size = self.min_resolution
+      raise ValueError(f"images must be at least {size}x{size} (five stride-2 layers, "
+                       f"small_input={self.small_input}), got {x.shape[1]}x{x.shape[2]}; resize "
+                       "or pad them first")
     self.validate()
     spec = self.network_spec()
     norm = self.norm_layer or functools.partial(
@@ -160,7 +192,7 @@ class MobileNet(nn.Module):
                activation=self._act(last.activation), name="last_conv")(x)
       feature_maps[stride] = x
     if features:
-      return {s: feature_maps[s] for s in FEATURE_STRIDES}
+      return {s: feature_maps[s] for s in self.feature_strides}
 
     x = global_average_pool(x)
     if spec.head_features:
@@ -183,4 +215,4 @@ class MobileNet(nn.Module):
       channels[stride] = layer.features
     if spec.last_conv is not None:
       channels[stride] = spec.last_conv.features
-    return {s: channels[s] for s in FEATURE_STRIDES}
+    return {s: channels[s] for s in self.feature_strides}

@@ -52,5 +52,5 @@ class MobileNetV1(MobileNet):
   width_multiplier: float = 1.0
   depthwise_separable: bool = True
 
-  def network_spec(self) -> NetworkSpec:
+  def table_spec(self) -> NetworkSpec:
     return mobilenet_v1_spec(self.width_multiplier, self.depthwise_separable)

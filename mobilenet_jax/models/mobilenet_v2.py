@@ -83,5 +83,5 @@ class MobileNetV2(MobileNet):
   width_multiplier: float = 1.0
   expansion: Expansion = None
 
-  def network_spec(self) -> NetworkSpec:
+  def table_spec(self) -> NetworkSpec:
     return mobilenet_v2_spec(self.width_multiplier, self.expansion)

@@ -113,6 +113,6 @@ class MobileNetV3(MobileNet):
   width_rule: str = "tf"
   head_features: int | None = None
 
-  def network_spec(self) -> NetworkSpec:
+  def table_spec(self) -> NetworkSpec:
     return mobilenet_v3_spec(self.variant, self.width_multiplier, self.minimal, self.width_rule,
                              self.head_features)

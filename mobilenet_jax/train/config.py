@@ -12,7 +12,6 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from mobilenet_jax.models.builder import MIN_RESOLUTION
 from mobilenet_jax.train import optim
 
 
@@ -32,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
       bn_epsilon=1e-3,
       padding="same",                                # "same" (TF) | "symmetric" (PyTorch) | "keras"
       kernels="auto",                                # "auto" | "xla" | "cpu" (models/kernels.py)
+      small_input=0,                                 # 1: stem at stride 1; 2: also the first stage
   ))
   c.dataset = default_dataset_config()
   c.resolution = 224
@@ -133,12 +133,12 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
     raise ValueError(f"unknown model.name {config.model.name!r}; valid: "
                      f"{', '.join(mobilenet_jax.list_models())}")
   try:  # create_model checks every model option
-    state.create_model(config, num_classes=1)
+    model = state.create_model(config, num_classes=1)
   except ValueError as error:
     raise ValueError(f"config.model: {error}") from error
-  if config.resolution < MIN_RESOLUTION:
-    raise ValueError(f"resolution must be >= {MIN_RESOLUTION} (five stride-2 layers), got "
-                     f"{config.resolution}")
+  if config.resolution < model.min_resolution:
+    raise ValueError(f"resolution must be >= {model.min_resolution} (five stride-2 layers, "
+                     f"model.small_input={model.small_input}), got {config.resolution}")
   for name in ("batch_size", "eval_batch_size"):
     value = config[name] or config.batch_size
     if value <= 0 or value % device_count or value % process_count:

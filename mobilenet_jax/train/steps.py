@@ -68,7 +68,7 @@ def train_step(state: TrainState, batch: Batch, *, model, tx: optax.GradientTran
       "train_loss": loss,
       "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
       "learning_rate": learning_rate(state.step),
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
       "finite": finite,
   }
   return new_state, metrics
