@@ -4,7 +4,8 @@
       train/<class_name>/*.jpg|jpeg|png|bmp|gif|webp
       val/<class_name>/...        (or validation/ or test/; the same class names)
 
-Classes are the sorted sub-folder names of `train/`. Files are decoded with Pillow inside tf.data, which
+`data_dir` may also be an archive of such a folder (`.tar.gz`, `.zip`, ...), extracted once into a cache
+(`archive.py`). Classes are the sorted sub-folder names of `train/`. Files are decoded with Pillow inside tf.data, which
 converts what can be converted to RGB (grey, grey+alpha, palette, RGBA/LA composited over white, CMYK
 JPEGs, 16-bit grey) and fails with an error that names the file for what cannot (truncated or corrupt
 files, unknown formats). `scan_folder` checks a whole folder up front.
@@ -17,7 +18,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mobilenet_jax.data import preprocess
+from mobilenet_jax.data import archive, preprocess
 from mobilenet_jax.data.base import DatasetNotReadyError, Source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -89,7 +90,8 @@ class FolderSource(Source):
   def __init__(self, root: str | None):
     if not root:
       raise ValueError("config.dataset.name='folder' needs config.dataset.data_dir=/path/to/root holding "
-                       "train/<class>/*.jpg and val/<class>/*.jpg (or test/).")
+                       "train/<class>/*.jpg and val/<class>/*.jpg (or test/), or an archive of it.")
+    root = archive.folder_root(root)
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
       raise DatasetNotReadyError(
