@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 SOURCES = ("keras", "torchvision", "timm", "tflite")
 
 
-def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True,
+                         weights_help: str = "") -> None:
   """--source, --weights and the options of Keras sources (shared with `mobilenet_jax.evaluate`)."""
   parser.add_argument("--source", required=required,
                       help="keras:{mobilenet,mobilenet_v2,mobilenet_v3_large,mobilenet_v3_small}"
@@ -30,7 +31,8 @@ def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True)
                            "mobilenet_v3_small}, timm:NAME (e.g. timm:tf_mobilenetv3_large_075) "
                            "or tflite (any TFLite MobileNet V1/V2/V3, float or quantized)")
   parser.add_argument("--weights", required=True,
-                      help="Keras .h5/.weights.h5/.keras, PyTorch .safetensors/.pth, or .tflite")
+                      help=weights_help or "Keras .h5/.weights.h5/.keras, PyTorch "
+                                           ".safetensors/.pth, or .tflite")
   keras_options = parser.add_argument_group("Keras sources (build the application to load into)")
   keras_options.add_argument("--alpha", type=float, default=1.0, help="width multiplier")
   keras_options.add_argument("--minimalistic", action="store_true", help="V3 minimalistic form")

@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m mobilenet_jax.evaluate", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  add_source_arguments(parser, required=False)
+  add_source_arguments(parser, required=False, weights_help=(
+      "a .tflite file, a file of another --source, or a checkpoint directory written by "
+      "python -m mobilenet_jax.convert"))
   parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
   parser.add_argument("--json", help="write totals and every image's top-5 classes here")
   parser.add_argument("--runtime", choices=RUNTIMES, default="jax",
@@ -135,8 +137,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from mobilenet_jax.evaluate.weights import load_weights
 
   try:
-    weights = load_weights(args)
     paths, labels = list_images(args.images)
+    weights = load_weights(args)
     print(f"{weights.description}\nimages: {len(paths)} under {args.images}, "
           f"{sum(l is not None for l in labels)} labelled; preprocessing "
           f"({weights.recipe_source}): {weights.recipe.describe()}; runtime: {args.runtime}",
