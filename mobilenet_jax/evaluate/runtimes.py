@@ -10,6 +10,7 @@ that class.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -40,9 +41,12 @@ class LiteRTClassifier:
       from ai_edge_litert.interpreter import Interpreter
     except ImportError as e:
       raise ImportError("--runtime=litert needs LiteRT: pip install ai-edge-litert") from e
-    # Keeping every tensor lets us read the logits before the softmax.
-    self.interpreter = Interpreter(model_path=path, num_threads=num_threads or os.cpu_count(),
-                                   experimental_preserve_all_tensors=True)
+    # Keeping every tensor lets us read the logits before the softmax (LiteRT warns that this is
+    # meant for debugging: it costs memory, which one image at a time does not mind).
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+      self.interpreter = Interpreter(model_path=path, num_threads=num_threads or os.cpu_count(),
+                                     experimental_preserve_all_tensors=True)
     self.interpreter.allocate_tensors()
     self.spec = tflite_model.input
     self.logits = tflite_model.logits
