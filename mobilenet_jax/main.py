@@ -6,6 +6,11 @@
 
 Kept short on purpose (flax examples/imagenet style): everything lives in `mobilenet_jax.train`,
 importable from notebooks without flags. Running the same command again resumes the run.
+
+Multi-host: `--config.distributed=True` finds the other processes from the environment (Cloud TPU,
+Slurm, Open MPI); elsewhere pass `--coordinator_address`, `--num_processes` and `--process_id` to
+every process (`python -m mobilenet_jax.launch` does so for N processes on one machine). See
+docs/multihost.md.
 """
 
 from __future__ import annotations
@@ -24,6 +29,13 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training config file, optionally "
                                 "with an argument: configs/<file>.py:width=0.75", lock_config=True)
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0's "
+                    "coordinator (jax.distributed.initialize); None: found from the environment.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes of the job.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
+flags.DEFINE_integer("heartbeat_timeout_s", 100, "Multi-host: a process silent this long is "
+                     "dead and the others stop with an error (JAX's coordination service).",
+                     lower_bound=1)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -38,8 +50,11 @@ def main(argv: list[str]) -> None:
     tf.config.set_visible_devices([], "GPU")
   except ImportError:
     pass
-  from mobilenet_jax.train import train_and_evaluate  # after flag parsing: fast --help
+  from mobilenet_jax.train import sharding, train_and_evaluate  # after flag parsing: fast --help
 
+  peers = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if any(v is not None for v in peers) or sharding.distributed_requested(FLAGS.config.distributed):
+    sharding.initialize_distributed(*peers, heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

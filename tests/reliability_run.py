@@ -14,6 +14,17 @@ Same flags, same numerics as the real command; the variables only change *when* 
   ENOSPC on a full disk; `RLIMIT_FSIZE` binds root too and needs no mount).
 - RELIABILITY_NAN_BATCH=<n>: the n-th train batch of this start (1-based) has NaN images, so its
   loss and gradients are NaN.
+- RELIABILITY_SHARES_DIR=<dir>: each time the pipeline reads a host's share of a split, write the
+  `sklearn_index` of every example of that share to `<dir>/<split>.<process>-of-<count>.json`,
+  with the `jax.process_index()` of the process that read it (multi-host tests).
+- Always: `TRAIN_FROM <step> PROCESS <i>` is printed when process i starts its train input at
+  `step` (the step it resumed from; 0: a fresh start).
+- RELIABILITY_EMULATE_PROCESSES=<n>: one process feeds the global batch that n hosts would feed:
+  each train batch is host 0's local batch, then host 1's, ... (the order of the global array
+  `jax.make_array_from_process_local_data` builds from the hosts' batches).
+
+Multi-host runs start it as a module (`python -m reliability_run`, tests/ on PYTHONPATH) through
+`mobilenet_jax.launch`; it accepts every flag of `mobilenet_jax.main`.
 """
 
 import os
@@ -23,16 +34,34 @@ import sys
 import time
 
 
-def _wrap_batches(delay: float, ready_file: str, nan_batch: int) -> None:
+def _emulated_hosts(create, num_hosts: int):
+  """`create_train_iterator` of one process that yields the global batch of `num_hosts` hosts."""
+  import numpy as np
+
+  def iterator(config, *, local_batch_size, **kwargs):
+    hosts = [create(config, local_batch_size=local_batch_size // num_hosts, process_index=i,
+                    process_count=num_hosts, **kwargs) for i in range(num_hosts)]
+    for batches in zip(*hosts):
+      yield {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+  return iterator
+
+
+def _wrap_batches(delay: float, ready_file: str, nan_batch: int, emulate: int) -> None:
+  import jax
   import numpy as np
 
   from mobilenet_jax import data
 
   create = data.create_train_iterator
+  if emulate:
+    create = _emulated_hosts(create, emulate)
 
   def iterator(*args, **kwargs):
+    print(f"TRAIN_FROM {kwargs.get('start_step', 0)} PROCESS {jax.process_index()}", flush=True)
     for n, batch in enumerate(create(*args, **kwargs), 1):
-      if n == 2 and ready_file:  # the loop asks for batch 2 after step 1 ran (and compiled)
+      # The loop asks for batch 2 after step 1 ran (and compiled); process 0 tells the test.
+      if n == 2 and ready_file and jax.process_index() == 0:
         open(ready_file, "w").close()
       if n == nan_batch:
         batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
@@ -40,6 +69,27 @@ def _wrap_batches(delay: float, ready_file: str, nan_batch: int) -> None:
       yield batch
 
   data.create_train_iterator = iterator
+
+
+def _record_shares(directory: str) -> None:
+  import json
+
+  import jax
+  import tensorflow_datasets as tfds
+
+  from mobilenet_jax.data import sources
+
+  read = sources.TfdsSource.read
+
+  def recording_read(self, split, process_index, process_count):
+    share = self.builder.as_dataset(split=self._host_split(split, process_index, process_count))
+    ids = [int(ex["sklearn_index"]) for ex in tfds.as_numpy(share)]
+    name = os.path.join(directory, f"{split}.{process_index}-of-{process_count}.json")
+    with open(name, "w") as f:
+      json.dump({"ids": ids, "jax_process_index": jax.process_index()}, f)
+    return read(self, split, process_index, process_count)
+
+  sources.TfdsSource.read = recording_read
 
 
 def _kill_at_first_commit() -> None:
@@ -67,8 +117,10 @@ def main() -> None:
   delay = float(os.environ.get("RELIABILITY_STEP_DELAY", "0"))
   ready_file = os.environ.get("RELIABILITY_READY_FILE", "")
   nan_batch = int(os.environ.get("RELIABILITY_NAN_BATCH", "0"))
-  if delay or ready_file or nan_batch:
-    _wrap_batches(delay, ready_file, nan_batch)
+  emulate = int(os.environ.get("RELIABILITY_EMULATE_PROCESSES", "0"))
+  _wrap_batches(delay, ready_file, nan_batch, emulate)
+  if os.environ.get("RELIABILITY_SHARES_DIR"):
+    _record_shares(os.environ["RELIABILITY_SHARES_DIR"])
   if os.environ.get("RELIABILITY_KILL_AT_COMMIT"):
     _kill_at_first_commit()
   from absl import app

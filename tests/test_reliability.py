@@ -1,7 +1,8 @@
-"""Long runs survive kills: SIGKILL at a random moment and in the middle of a checkpoint save,
-SIGTERM (preemption), a full disk and NaN gradients (clear errors, only complete and finite
-checkpoints), then the same command finishes the run with the same final state, bit for bit, and
-the same metrics.jsonl as an uninterrupted run. Checkpoints of another model are refused.
+"""Long runs survive kills: SIGKILL at a random moment (after a committed checkpoint) and in the
+middle of a checkpoint save, SIGTERM (preemption), a full disk and NaN gradients (clear errors,
+only complete and finite checkpoints), then the same command finishes the run with the same final
+state, bit for bit, and the same metrics.jsonl as an uninterrupted run. Checkpoints of another
+model are refused.
 
 Every run is the real command line in a subprocess (`python -m mobilenet_jax.main`, or
 tests/reliability_run.py: the same job with delays or a self-kill injected from environment
@@ -10,9 +11,7 @@ variables). The subprocesses share a persistent XLA compilation cache, so only t
 """
 
 import hashlib
-import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -28,10 +27,13 @@ import pytest
 from mobilenet_jax import train
 
 import fast_compile
+import job_runs
+from job_runs import committed_steps, read_state, resumed_from, steps_run, without_timing
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
-NUM_STEPS, CHECKPOINT_EVERY, STEP_DELAY = 12, 3, 0.15
+NUM_STEPS, CHECKPOINT_EVERY, STEP_DELAY = 18, 3, 0.15
+COPIED_STEP = NUM_STEPS - CHECKPOINT_EVERY  # the latest checkpoint of the faulty restarts' copy
 # Momentum, a cosine schedule, dropout and an EMA: each one breaks an inexact resume.
 OVERRIDES = {
     "model.name": "mobilenet_v3_small_minimal", "model.width_multiplier": 0.35,
@@ -62,38 +64,16 @@ def _start(workdir, cache, script=False, **faults):
 
 
 def _wait_for(path, process):
-  deadline = time.monotonic() + 300
-  while not os.path.exists(path):
-    assert process.poll() is None, process.communicate()[0][-3000:]
-    assert time.monotonic() < deadline, f"the run never wrote {path}"
-    time.sleep(0.05)
+  job_runs.wait_until(lambda: os.path.exists(path), [process], f"{path} was written")
 
 
-def _signal_at_random_moment(process, ready_file, max_delay, signum, rng):
-  """Sends `signum` at a uniformly random moment of the training loop; returns the delay."""
-  _wait_for(ready_file, process)
+def _signal_at_random_moment(process, ready, max_delay, signum, rng):
+  """Sends `signum` at a uniformly random moment after `ready()` holds; returns the delay."""
+  job_runs.wait_until(ready, [process], "the moment to send the signal")
   delay = rng.uniform(0.0, max_delay)
   time.sleep(delay)
   process.send_signal(signum)
   return delay
-
-
-def _committed_steps(workdir):
-  """Steps Orbax made visible: `checkpoints/<step>` (in-progress saves carry a tmp suffix)."""
-  directory = os.path.join(workdir, "checkpoints")
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
-      directory) else []
-
-
-def _state(workdir, step):
-  import orbax.checkpoint as ocp
-
-  return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step),
-                                                         "state"))
-
-
-def _without_timing(records):
-  return [{k: v for k, v in r.items() if k not in train.TIMING_KEYS} for r in records]
 
 
 def _snapshot(directory):
@@ -109,31 +89,32 @@ def _snapshot(directory):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """An uninterrupted run; the same run started four times: killed at a random moment, killed in
-  the middle of a save, preempted, finished; and, concurrently, two restarts of a copy of the
-  uninterrupted run from its step-9 checkpoint: out of disk space, then hit by NaN gradients."""
+  """An uninterrupted run; the same run started four times: killed at a random moment after its
+  first committed checkpoint, killed in the middle of a save, preempted, finished; and,
+  concurrently, two restarts of a copy of the uninterrupted run from its COPIED_STEP checkpoint:
+  out of disk space, then hit by NaN gradients. The random moments come from a printed seed
+  (`KILL_SEED=<seed>` replays them)."""
   tmp = tmp_path_factory.mktemp("reliability")
   cache, a, b, c = (str(tmp / n) for n in ("xla_cache", "uninterrupted", "interrupted", "faulty"))
-  seed = random.randrange(2**32)
-  rng = random.Random(seed)
+  seed, rng = job_runs.kill_rng("test_reliability")
   info = {"uninterrupted": a, "interrupted": b, "faulty": c, "seed": seed}
 
   def record(name, process, workdir, delay=None):
     output = process.communicate(timeout=400)[0]
-    directory = os.path.join(workdir, "checkpoints")
-    committed = _committed_steps(workdir)
+    committed = committed_steps(workdir)
     info[name] = {
         "rc": process.returncode, "output": output, "delay": delay, "seed": seed,
         "wall_s": time.monotonic() - process.started, "committed": committed,
-        "listing": sorted(os.listdir(directory)) if os.path.isdir(directory) else [],
+        "listing": job_runs.listing(workdir),
         "metrics": train.read_metrics(workdir) if os.path.exists(
             os.path.join(workdir, train.METRICS_FILE)) else [],
-        "finite": {step: all(np.isfinite(x).all() for x in jax.tree.leaves(_state(workdir, step)))
+        "finite": {step: all(np.isfinite(x).all()
+                             for x in jax.tree.leaves(read_state(workdir, step)))
                    for step in committed}}
 
   def faulty_restarts():
     record("reference", reference, a)
-    shutil.copytree(a, c, ignore=shutil.ignore_patterns(str(NUM_STEPS)))  # latest: step 9
+    shutil.copytree(a, c, ignore=shutil.ignore_patterns(str(NUM_STEPS)))  # latest: COPIED_STEP
     # Its own copy of the compilation cache: JAX would write truncated entries into it.
     full_cache = shutil.copytree(cache, str(tmp / "xla_cache_full"))
     record("disk_full", _start(c, full_cache, script=True, file_size_limit=256 * 1024), c)
@@ -144,11 +125,12 @@ def runs(tmp_path_factory):
   try:
     # The other starts begin once the reference has compiled its train step (and cached it).
     _wait_for(os.path.join(a, train.METRICS_FILE), reference)
-    # SIGKILL at a random moment of the loop (a save may be in flight), early enough that a few
+    # SIGKILL at a random moment of the loop (a save may be in flight) once a checkpoint is
+    # committed, so that the next start has something to resume from, early enough that a few
     # steps remain for the next starts.
-    ready = str(tmp / "ready1")
-    process = _start(b, cache, script=True, step_delay=STEP_DELAY, ready_file=ready)
-    delay = _signal_at_random_moment(process, ready, 4 * STEP_DELAY, signal.SIGKILL, rng)
+    process = _start(b, cache, script=True, step_delay=STEP_DELAY)
+    delay = _signal_at_random_moment(process, lambda: committed_steps(b), 2 * STEP_DELAY,
+                                     signal.SIGKILL, rng)
     second_chain.start()
     record("sigkill", process, b, delay)
     # SIGKILL when its first checkpoint is written but not yet committed.
@@ -156,8 +138,8 @@ def runs(tmp_path_factory):
     # SIGTERM (preemption) at a random moment.
     ready = str(tmp / "ready3")
     process = _start(b, cache, script=True, step_delay=STEP_DELAY, ready_file=ready)
-    record("sigterm", process, b, _signal_at_random_moment(process, ready, 2 * STEP_DELAY,
-                                                           signal.SIGTERM, rng))
+    record("sigterm", process, b, _signal_at_random_moment(process, lambda: os.path.exists(ready),
+                                                           2 * STEP_DELAY, signal.SIGTERM, rng))
     # The same command again finishes the run.
     record("final", _start(b, cache), b)
   finally:
@@ -173,15 +155,8 @@ def _describe(start):
           f"checkpoints {start['listing']}\n{start['output'][-3000:]}")
 
 
-def _steps_run(output):
-  """The steps of the "step k/N" progress lines of a run's output (one per step here)."""
-  return [int(l.split()[1].split("/")[0]) for l in output.splitlines()
-          if l.startswith("step ") and "/" in l.split()[1]]
-
-
 def _resumed_from(start):
-  steps = _steps_run(start["output"])
-  return steps[0] - 1 if steps else None
+  return resumed_from(start["output"])
 
 
 def _latest(start):
@@ -190,12 +165,15 @@ def _latest(start):
 
 def test_uninterrupted_run_finishes(runs):
   assert runs["reference"]["rc"] == 0, runs["reference"]["output"][-3000:]
-  assert _committed_steps(runs["uninterrupted"])[-1] == NUM_STEPS
+  assert committed_steps(runs["uninterrupted"])[-1] == NUM_STEPS
 
 
 def test_random_sigkill_then_resume_continues_from_latest_complete_checkpoint(runs):
+  """Killed at a random moment after its first checkpoint was committed: the next start resumes
+  from the latest committed one, never from the beginning."""
   killed = runs["sigkill"]
   assert killed["rc"] == -signal.SIGKILL, _describe(killed)
+  assert _latest(killed) >= CHECKPOINT_EVERY, _describe(killed)
   assert _resumed_from(runs["sigkill_mid_save"]) == _latest(killed), _describe(
       runs["sigkill_mid_save"])
 
@@ -214,7 +192,7 @@ def test_sigkill_during_a_save_never_exposes_the_half_written_checkpoint(runs):
 def test_sigterm_saves_the_current_step_and_exits_zero(runs):
   preempted = runs["sigterm"]
   assert preempted["rc"] == 0 and "preempted" in preempted["output"], _describe(preempted)
-  last_step = _steps_run(preempted["output"])[-1]
+  last_step = steps_run(preempted["output"])[-1]
   assert _latest(preempted) == last_step < NUM_STEPS, _describe(preempted)
   # metrics.jsonl reads as one run up to that step: no records left by the killed starts.
   steps = [r["step"] for r in preempted["metrics"]]
@@ -222,21 +200,23 @@ def test_sigterm_saves_the_current_step_and_exits_zero(runs):
 
 
 def test_full_disk_is_a_clear_error_and_keeps_the_latest_complete_checkpoint(runs):
-  """Restarted from step 9 with no room for checkpoint files: the save of step 12 fails."""
+  """Restarted from COPIED_STEP with no room for checkpoint files: the save of the last fails."""
   full = runs["disk_full"]
   assert full["rc"] not in (0, -signal.SIGKILL), _describe(full)
   assert re.search(r"OSError: .*checkpoint.*(full|read-only)", full["output"]), _describe(full)
-  assert full["committed"] == [NUM_STEPS - CHECKPOINT_EVERY], _describe(full)
-  assert _resumed_from(runs["nan"]) == NUM_STEPS - CHECKPOINT_EVERY, _describe(runs["nan"])
+  assert full["committed"] == [COPIED_STEP], _describe(full)
+  assert _resumed_from(runs["nan"]) == COPIED_STEP, _describe(runs["nan"])
 
 
 def test_non_finite_gradients_stop_naming_the_step_without_a_nan_checkpoint(runs):
-  """Restarted from step 9 with NaN images in its second batch (step 11)."""
+  """Restarted from COPIED_STEP with NaN images in its second batch (step COPIED_STEP + 2)."""
   failed = runs["nan"]
   assert failed["rc"] not in (0, -signal.SIGKILL), _describe(failed)
-  assert "non-finite loss, gradients or update at step 11" in failed["output"], _describe(failed)
-  assert failed["committed"] == [9] and failed["finite"] == {9: True}, _describe(failed)
-  assert [r["step"] for r in failed["metrics"]] == list(range(1, 11))
+  assert (f"non-finite loss, gradients or update at step {COPIED_STEP + 2}" in failed["output"]
+          ), _describe(failed)
+  assert failed["committed"] == [COPIED_STEP], _describe(failed)
+  assert failed["finite"] == {COPIED_STEP: True}, _describe(failed)
+  assert [r["step"] for r in failed["metrics"]] == list(range(1, COPIED_STEP + 2))
   assert all(np.isfinite(v) for r in failed["metrics"] for v in r.values()
              if isinstance(v, float))
 
@@ -245,13 +225,7 @@ def test_resumed_run_ends_bit_for_bit_equal_to_the_uninterrupted_one(runs):
   final = runs["final"]
   assert final["rc"] == 0 and _latest(final) == NUM_STEPS, _describe(final)
   assert _resumed_from(final) == _latest(runs["sigterm"]), _describe(final)
-  expected = _state(runs["uninterrupted"], NUM_STEPS)
-  found = _state(runs["interrupted"], NUM_STEPS)
-  paths = jax.tree_util.tree_flatten_with_path(expected)[0]
-  assert len(paths) == len(jax.tree.leaves(found)) and len(paths) > 50
-  for (path, want), have in zip(paths, jax.tree.leaves(found)):  # params, momentum, EMA, rng
-    np.testing.assert_array_equal(np.asarray(have), np.asarray(want),
-                                  err_msg=jax.tree_util.keystr(path))
+  job_runs.assert_same_state(runs["uninterrupted"], runs["interrupted"], NUM_STEPS)
 
 
 def test_same_seed_gives_identical_metrics(runs):
@@ -260,7 +234,7 @@ def test_same_seed_gives_identical_metrics(runs):
   expected = train.read_metrics(runs["uninterrupted"])
   found = train.read_metrics(runs["interrupted"])
   assert [r["step"] for r in expected] == list(range(1, NUM_STEPS + 1)) + [NUM_STEPS]
-  assert _without_timing(found) == _without_timing(expected)
+  assert without_timing(found) == without_timing(expected)
   assert {"train_loss", "grad_norm", "learning_rate"} <= set(expected[0])
   assert {"eval_loss", "eval_top1", "ema_eval_top1"} <= set(expected[-1])
 
@@ -299,7 +273,7 @@ def test_refused_run_leaves_the_workdir_config_json_untouched(refused):
 def test_init_from_another_architecture_names_the_first_mismatch(runs, tmp_path):
   from mobilenet_jax import pretrained
 
-  state = _state(runs["uninterrupted"], NUM_STEPS)
+  state = read_state(runs["uninterrupted"], NUM_STEPS)
   source = str(tmp_path / "pretrained")
   pretrained.save_pretrained(source, "mobilenet_v3_small_minimal",
                              {"width_multiplier": 0.35, "num_classes": 10},
@@ -309,4 +283,4 @@ def test_init_from_another_architecture_names_the_first_mismatch(runs, tmp_path)
   with pytest.raises(ValueError, match=r"does not fit.*params/\w+/\S+: (expected shape|unexp)"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert _snapshot(source) == before
-  assert _committed_steps(str(tmp_path / "run")) == []
+  assert committed_steps(str(tmp_path / "run")) == []

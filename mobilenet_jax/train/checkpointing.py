@@ -67,7 +67,10 @@ class Checkpointer:
     self.preempted = False
     self._write_failed = False
     self._previous_handler = None
-    if threading.current_thread() is threading.main_thread():
+    # Several processes: SIGTERM stays with JAX's preemption notifier (jax.distributed), which
+    # agrees on one step with every process; a Python handler here would replace it, and each
+    # process would then stop at the step it happened to be in when its own signal came.
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 
   def _on_sigterm(self, signum, frame) -> None:
@@ -75,9 +78,10 @@ class Checkpointer:
     self.preempted = True  # the loop saves at the end of the current step and exits cleanly
 
   def reached_preemption(self, step: int) -> bool:
-    """SIGTERM received (single host), or Orbax/JAX's synchronized preemption point (multi-host)."""
+    """SIGTERM received (one process), or the step all processes agreed to stop at after a SIGTERM
+    to any of them (JAX's preemption sync point: the fastest one's step + 1). Call every step."""
     if jax.process_count() > 1:
-      return self.preempted or self.manager.reached_preemption(step)
+      return self.manager.reached_preemption(step)
     return self.preempted
 
   def latest_step(self) -> Optional[int]:

@@ -100,7 +100,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
   validate_config(config, jax.device_count(), jax.process_count())
   from mobilenet_jax import data  # the data layer raises clear errors for missing datasets
 
-  info = data.dataset_info(config)
+  info = data.dataset_info(config)  # may prepare the dataset (one process, the others wait)
+  sharding.wait_for_all_processes("dataset ready")
   model = state_lib.create_model(config, info.num_classes)
   is_main = jax.process_index() == 0
   workdir = _prepare_workdir(workdir, config, write=False)  # config.json: after the checks below
@@ -119,7 +120,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
   try:
     state_init = state_lib.trace_state_init(config, model, tx, replicated)
     abstract_state = state_lib.abstract_train_state(state_init)
+    # Every process restores the same step (a host that saw no checkpoint would start afresh).
     latest = checkpointer.latest_step()
+    latest = sharding.same_on_every_process(-1 if latest is None else latest,
+                                            "the latest checkpoint step (-1: none)")
+    latest = None if latest < 0 else latest
     if latest is None and config.eval_only and not config.init_from:
       raise FileNotFoundError(f"eval_only: no checkpoint in {checkpointer.directory} and no "
                               "init_from; train first or set init_from")
@@ -148,6 +153,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard,
                           resume_step=-1 if latest is None else latest)
     try:
+      if jax.process_count() > 1:  # all compiled: the processes meet before their first step
+        for step_fn in (evaluate.step_fn, train_step):
+          if step_fn is not None:
+            step_fn.wait()
+        sharding.wait_for_all_processes("compiled")
       if config.eval_only:
         results = evaluate(state)
         step = int(sharding.to_host(state.step))

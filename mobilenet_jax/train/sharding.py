@@ -7,6 +7,7 @@ host contributes its own share of the global batch through `jax.make_array_from_
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -18,20 +19,67 @@ DATA_AXIS = "data"
 # Set this to 1 (or `config.distributed=True`) to run `jax.distributed.initialize()` on multi-host
 # systems (TPU pods, Slurm, ...). It is never called otherwise: on a single CPU host it would fail.
 DISTRIBUTED_ENV = "MOBILENET_JAX_DISTRIBUTED"
+# JAX's default: a process silent for this long is dead, and every other process stops.
+HEARTBEAT_TIMEOUT_S = 100
+# How long a process waits for the others at a barrier (XLA's CPU collectives wait as long).
+BARRIER_TIMEOUT_S = 30 * 60
+_barrier_ids = itertools.count()  # every process passes the same barriers in the same order
 
 
 def distributed_requested(config_flag: bool = False) -> bool:
   return bool(config_flag) or os.environ.get(DISTRIBUTED_ENV, "").lower() in ("1", "true", "yes")
 
 
-def maybe_initialize_distributed(config_flag: bool = False) -> None:
-  """`jax.distributed.initialize()` when asked to (flag or env var) and not done yet.
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None,
+                           heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> None:
+  """Joins this process to the job: `jax.distributed.initialize` (coordinator, collectives).
 
-  Must run before any JAX computation (JAX docs, multi_process.md); all arguments are found from the
-  environment on Cloud TPU, Slurm and Open MPI.
+  Values left None are found from the environment (Cloud TPU, Slurm, Open MPI); processes started
+  by hand (`mobilenet_jax.launch`) pass all three. When a process stops sending heartbeats (it died)
+  for `heartbeat_timeout_s`, JAX's coordination service stops every other one ("another task died")
+  instead of leaving it waiting in a collective. Must run before any JAX computation.
   """
+  explicit = None not in (coordinator_address, num_processes, process_id)
+  jax.distributed.initialize(
+      coordinator_address, num_processes, process_id,
+      cluster_detection_method="deactivate" if explicit else None,
+      heartbeat_timeout_seconds=heartbeat_timeout_s)
+
+
+def maybe_initialize_distributed(config_flag: bool = False) -> None:
+  """`initialize_distributed()` from the environment when asked to (flag or env var) and not done
+  yet (JAX docs, multi_process.md): all arguments are found on Cloud TPU, Slurm and Open MPI."""
   if distributed_requested(config_flag) and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+    initialize_distributed()
+
+
+def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """A barrier of the coordination service (no device collective) for every process.
+
+  JAX's CPU collectives (gloo) connect the processes at their first collective and give up after
+  30 s, so the processes first meet here, however long one of them took to compile or start.
+  """
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost  # the maintained wrapper of JAX's distributed client
+
+  multihost.get_barrier_sync_fn()(key=f"mobilenet_jax/{name}/{next(_barrier_ids)}",
+                                  timeout_ms=timeout_s * 1000)
+
+
+def same_on_every_process(value: int, what: str) -> int:
+  """`value` (an int each process computed on its own) after checking that all processes agree."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+
+  values = np.asarray(multihost_utils.process_allgather(np.int64(value))).tolist()
+  if len(set(values)) > 1:
+    raise RuntimeError(f"the processes disagree on {what}: {values} (process 0, 1, ...). Every "
+                       "host must see the same workdir: use storage all hosts share (a bucket "
+                       "or a network file system), not a local disk.")
+  return value
 
 
 def create_mesh() -> Mesh:

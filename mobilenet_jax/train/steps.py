@@ -136,6 +136,10 @@ class BackgroundCompiled:
     except BaseException as e:  # pylint: disable=broad-except  # re-raised in the caller
       self._future.set_exception(e)
 
+  def wait(self) -> None:
+    """Blocks until compiled (re-raises a compilation error)."""
+    self._future.result()
+
   def __call__(self, *args):
     compiled = self._future.result()
     try:
