@@ -330,3 +330,10 @@ def test_launcher_without_main_flags_says_what_to_pass():
   result = subprocess.run([sys.executable, "-m", "mobilenet_jax.launch", "--processes=2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0 and "--workdir" in result.stderr, result.stderr
+
+
+def test_main_wants_the_three_peer_flags_together():
+  result = subprocess.run([sys.executable, "-m", "mobilenet_jax.main", "--workdir=unused",
+                           "--num_processes=2"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode != 0 and "--coordinator_address" in result.stderr, result.stderr
