@@ -42,6 +42,11 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  peers = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if any(v is not None for v in peers) and None in peers:
+    raise app.UsageError("pass --coordinator_address, --num_processes and --process_id together, "
+                         "or none of them (then --config.distributed=True finds them on Cloud "
+                         "TPU, Slurm and Open MPI)")
   if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO; -v 0 shows them again
     logging.set_verbosity(logging.WARNING)
   # TensorFlow (input pipeline only) must not take the accelerators away from JAX.
@@ -52,7 +57,6 @@ def main(argv: list[str]) -> None:
     pass
   from mobilenet_jax.train import sharding, train_and_evaluate  # after flag parsing: fast --help
 
-  peers = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if any(v is not None for v in peers) or sharding.distributed_requested(FLAGS.config.distributed):
     sharding.initialize_distributed(*peers, heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
