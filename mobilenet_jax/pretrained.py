@@ -5,7 +5,8 @@
     model = create_model(name, **options)
 
 Layout: `directory/variables/` is an Orbax PyTree checkpoint of {'params', 'batch_stats'};
-`directory/model.json` names the model and its `create_model` options. `python -m
+`directory/model.json` names the model and its `create_model` options, and (when the source says)
+the eval preprocessing its weights expect (`data.eval_recipes.EvalRecipe.to_dict()`). `python -m
 mobilenet_jax.convert` writes these; the training config field `init_from` reads them.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
@@ -38,7 +39,8 @@ def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def save_pretrained(directory: str, model_name: str, model_options: Mapping[str, Any],
-                    variables: Mapping[str, Any]) -> None:
+                    variables: Mapping[str, Any],
+                    preprocessing: Optional[Mapping[str, Any]] = None) -> None:
   """Writes `variables` ({'params', 'batch_stats'}) and the model description to `directory`.
 
   Refuses to overwrite an existing checkpoint, so no earlier work is lost.
@@ -56,6 +58,8 @@ def save_pretrained(directory: str, model_name: str, model_options: Mapping[str,
     checkpointer.wait_until_finished()
   meta = {"format_version": FORMAT_VERSION, "model": model_name,
           "options": _jsonable(model_options)}
+  if preprocessing is not None:
+    meta["preprocessing"] = _jsonable(preprocessing)
   # model.json is written last: a directory without it is an incomplete checkpoint.
   tmp = os.path.join(directory, MODEL_FILE + ".tmp")
   with open(tmp, "w") as f:
@@ -67,13 +71,8 @@ def is_pretrained_dir(directory: str) -> bool:
   return os.path.isfile(os.path.join(directory, MODEL_FILE))
 
 
-def load_pretrained(directory: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-  """Reads a directory written by `save_pretrained`: (model name, create_model options, variables).
-
-  The variables come back as numpy arrays on the host.
-  """
-  import orbax.checkpoint as ocp
-
+def read_model_file(directory: str) -> dict[str, Any]:
+  """The model.json of a directory written by `save_pretrained` (model, options, preprocessing)."""
   directory = os.path.abspath(directory)
   meta_path = os.path.join(directory, MODEL_FILE)
   if not os.path.isfile(meta_path):
@@ -85,6 +84,18 @@ def load_pretrained(directory: str) -> tuple[str, dict[str, Any], dict[str, Any]
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} is not "
                      f"{FORMAT_VERSION}; convert the weights again with this version")
+  return meta
+
+
+def load_pretrained(directory: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+  """Reads a directory written by `save_pretrained`: (model name, create_model options, variables).
+
+  The variables come back as numpy arrays on the host.
+  """
+  import orbax.checkpoint as ocp
+
+  directory = os.path.abspath(directory)
+  meta = read_model_file(directory)
   with ocp.StandardCheckpointer() as checkpointer:
     variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR))
   variables = jax.tree.map(np.asarray, variables)

@@ -24,7 +24,7 @@ keras = pytest.importorskip("keras")
 from mobilenet_jax.convert import (ConversionError, convert_torch, from_keras,  # noqa: E402
                                    from_torch)
 from mobilenet_jax.convert.cli import main as convert_main  # noqa: E402
-from mobilenet_jax.pretrained import load_pretrained  # noqa: E402
+from mobilenet_jax.pretrained import load_pretrained, read_model_file  # noqa: E402
 from mobilenet_jax.models.registry import create_model  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -217,6 +217,10 @@ def test_cli_round_trip_safetensors(tf_small_minimal, tmp_path):
   model = create_model(name, **options, kernels="xla")
   x = images(64, 2)
   assert_same(torch_logits(tf_small_minimal, x), our_logits(model, variables, x))
+  # timm's eval recipe for its tf_ ports (pretrained_cfg): bilinear, crop_pct 0.875, mean/std 0.5.
+  assert read_model_file(str(out))["preprocessing"] == {
+      "style": "resize_crop", "resolution": 224, "normalization": "inception",
+      "crop_fraction": 0.875, "resize_size": 256, "interpolation": "bilinear"}
   # A second conversion into the same directory refuses to overwrite it.
   assert convert_main(["--source=timm:tf_mobilenetv3_small_minimal_100", f"--weights={weights}",
                        f"--out={out}"]) == 1
@@ -387,6 +391,7 @@ def test_keras_cli_round_trip(keras_v1, tmp_path):
                        f"--out={out}"]) == 0
   name, options, variables = load_pretrained(str(out))
   assert name == "mobilenet_v1" and options["width_multiplier"] == 0.5
+  assert read_model_file(str(out))["preprocessing"]["style"] == "central_crop"   # TF-slim's
   model = create_model(name, **options, kernels="xla")
   x = tf_style(uint8_images(224))
   assert_same(keras_logits(keras_v1, x), our_logits(model, variables, x))

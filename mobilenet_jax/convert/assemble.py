@@ -97,10 +97,12 @@ class Family:
 @dataclasses.dataclass(frozen=True)
 class Conversion:
   """Converted weights: `create_model(model_name, **options)` applied to `variables` reproduces
-  the reference."""
+  the reference. `preprocessing`: the source's eval recipe (`data.eval_recipes.EvalRecipe.to_dict`)
+  when known."""
   model_name: str
   options: dict[str, Any]
   variables: dict[str, Any]
+  preprocessing: Optional[dict[str, Any]] = None
 
   def model(self, **overrides: Any):
     """The Flax module; `overrides` sets options that do not change the weights (kernels,

@@ -4,8 +4,11 @@
     python -m mobilenet_jax.convert --source=timm:mobilenetv3_large_100 \
         --weights=model.safetensors --out=DIR
     python -m mobilenet_jax.convert --source=torchvision:mobilenet_v2 --weights=W.pth --out=DIR
+    python -m mobilenet_jax.convert --source=tflite --weights=mobilenet_v2_1.0_224_quant.tflite \
+        --out=DIR
 
-DIR is written by `mobilenet_jax.pretrained.save_pretrained` (Orbax variables + model.json).
+DIR is written by `mobilenet_jax.pretrained.save_pretrained` (Orbax variables + model.json, which
+also records the eval preprocessing the source's weights expect).
 """
 
 from __future__ import annotations
@@ -16,21 +19,20 @@ import os
 import sys
 from typing import Optional, Sequence
 
-SOURCES = ("keras", "torchvision", "timm")
+SOURCES = ("keras", "torchvision", "timm", "tflite")
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="python -m mobilenet_jax.convert", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--source", required=True,
+def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True,
+                         weights_help: str = "") -> None:
+  """--source, --weights and the options of Keras sources (shared with `mobilenet_jax.evaluate`)."""
+  parser.add_argument("--source", required=required,
                       help="keras:{mobilenet,mobilenet_v2,mobilenet_v3_large,mobilenet_v3_small}"
                            "[_minimal], torchvision:{mobilenet_v2,mobilenet_v3_large,"
-                           "mobilenet_v3_small} or timm:NAME (e.g. timm:tf_mobilenetv3_large_075)")
+                           "mobilenet_v3_small}, timm:NAME (e.g. timm:tf_mobilenetv3_large_075) "
+                           "or tflite (any TFLite MobileNet V1/V2/V3, float or quantized)")
   parser.add_argument("--weights", required=True,
-                      help="Keras .h5/.weights.h5/.keras, or PyTorch .safetensors/.pth")
-  parser.add_argument("--out", required=True,
-                      help="directory to write (must not hold a checkpoint)")
+                      help=weights_help or "Keras .h5/.weights.h5/.keras, PyTorch "
+                                           ".safetensors/.pth, or .tflite")
   keras_options = parser.add_argument_group("Keras sources (build the application to load into)")
   keras_options.add_argument("--alpha", type=float, default=1.0, help="width multiplier")
   keras_options.add_argument("--minimalistic", action="store_true", help="V3 minimalistic form")
@@ -39,17 +41,32 @@ def _parser() -> argparse.ArgumentParser:
   keras_options.add_argument("--classes", type=int, default=1000)
   parser.add_argument("--keep_background", action="store_true",
                       help="keep class 0 of a 1001-way (TF-slim) classifier instead of dropping it")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m mobilenet_jax.convert", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_source_arguments(parser)
+  parser.add_argument("--out", required=True,
+                      help="directory to write (must not hold a checkpoint)")
   return parser
 
 
-def _convert(args: argparse.Namespace):
+def convert_file(args: argparse.Namespace):
+  """The `Conversion` of `args.weights` read as `args.source` (see `add_source_arguments`)."""
   from mobilenet_jax.convert.files import load_keras_application, load_state_dict
 
   kind, _, name = args.source.partition(":")
-  if kind not in SOURCES or not name:
-    raise ValueError(f"--source must be one of {', '.join(s + ':NAME' for s in SOURCES)}, got "
-                     f"{args.source!r}")
+  if kind not in SOURCES or bool(name) != (kind != "tflite"):
+    raise ValueError(f"--source must be one of {', '.join(s + ':NAME' for s in SOURCES[:-1])} or "
+                     f"tflite, got {args.source!r}")
   drop_background = not args.keep_background
+  if kind == "tflite":
+    from mobilenet_jax.convert.tflite_source import convert_tflite
+    if not os.path.isfile(args.weights):
+      raise FileNotFoundError(f"weights file {args.weights} does not exist")
+    return convert_tflite(args.weights, drop_background)
   if kind == "keras":
     from mobilenet_jax.convert.keras_source import convert_keras
     include_top = (args.include_top == "true" if args.include_top != "auto"
@@ -73,8 +90,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from mobilenet_jax.profile import count_params
 
   try:
-    conversion = _convert(args)
-    save_pretrained(args.out, conversion.model_name, conversion.options, conversion.variables)
+    conversion = convert_file(args)
+    save_pretrained(args.out, conversion.model_name, conversion.options, conversion.variables,
+                    conversion.preprocessing)
   except (ConversionError, ValueError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

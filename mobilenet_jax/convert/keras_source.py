@@ -8,6 +8,7 @@ Keras itself is not imported: the model's layers and variables are read through 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Optional
 
@@ -16,6 +17,9 @@ import numpy as np
 from mobilenet_jax.convert.assemble import (KERAS, Conversion, ConversionError, Family,
                                             convert_family, to_numpy, width_candidates)
 from mobilenet_jax.convert.plan import Unit
+from mobilenet_jax.data.eval_recipes import tf_slim
+
+DEFAULT_RESOLUTION = 224   # of a Keras model built without a fixed input size
 
 
 def _v1_names(unit: Unit) -> tuple[str, Optional[str]]:
@@ -113,9 +117,12 @@ def keras_family(keras_model: Any, source: dict[str, np.ndarray]) -> Family:
 
 
 def convert_keras(keras_model: Any, drop_background: bool = True) -> Conversion:
-  """Keras model -> `Conversion` (model name, options, variables); see `from_keras`."""
+  """Keras model -> `Conversion` (model name, options, variables, eval preprocessing: TF-slim's,
+  since Keras' MobileNet weights are the TF-slim checkpoints); see `from_keras`."""
   source = keras_weights(keras_model)
-  return convert_family(source, keras_family(keras_model, source), drop_background)
+  conversion = convert_family(source, keras_family(keras_model, source), drop_background)
+  resolution = keras_model.input_shape[1] or DEFAULT_RESOLUTION
+  return dataclasses.replace(conversion, preprocessing=tf_slim(resolution).to_dict())
 
 
 def from_keras(keras_model: Any, *, drop_background: bool = True, **model_options: Any):

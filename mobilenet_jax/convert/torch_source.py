@@ -9,6 +9,7 @@ torch itself is not needed: values may be numpy arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from typing import Any, Mapping, Optional
@@ -16,6 +17,7 @@ from typing import Any, Mapping, Optional
 from mobilenet_jax.convert.assemble import (TORCH, Conversion, Family, convert_family, to_numpy,
                                             width_candidates)
 from mobilenet_jax.convert.plan import Unit
+from mobilenet_jax.data import eval_recipes
 
 TORCHVISION_ARCHS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 # timm groups blocks into stages (its arch_def lists); state dict keys are blocks.{stage}.{index}.
@@ -150,10 +152,13 @@ def torch_family(arch: str) -> Family:
 
 def convert_torch(state_dict: Mapping[str, Any], arch: str, drop_background: bool = True
                   ) -> Conversion:
-  """state dict -> `Conversion` (model name, options, variables); see `from_torch`."""
+  """state dict -> `Conversion` (model name, options, variables, eval preprocessing of the
+  library's recipe); see `from_torch`."""
   family = torch_family(arch)
   source = {key: to_numpy(value) for key, value in state_dict.items()}
-  return convert_family(source, family, drop_background)
+  conversion = convert_family(source, family, drop_background)
+  recipe = eval_recipes.torchvision() if arch in TORCHVISION_ARCHS else eval_recipes.timm(arch)
+  return dataclasses.replace(conversion, preprocessing=recipe.to_dict())
 
 
 def from_torch(state_dict: Mapping[str, Any], arch: str, *, drop_background: bool = True,

@@ -1,0 +1,8 @@
+"""`python -m mobilenet_jax.evaluate --help`; see `mobilenet_jax.evaluate.cli`."""
+
+import sys
+
+from mobilenet_jax.evaluate.cli import main
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,74 @@
+"""Weights to evaluate: a `.tflite` file, a file of any converter source, or a checkpoint directory
+written by `python -m mobilenet_jax.convert` (read through training's `init_from`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Optional
+
+from mobilenet_jax.data.eval_recipes import EvalRecipe, tf_slim, torchvision
+
+
+@dataclasses.dataclass
+class Weights:
+  model: Any                 # the Flax module
+  variables: Any
+  recipe: EvalRecipe
+  recipe_source: str         # where the recipe comes from, for the report
+  description: str           # model name and options
+  tflite: Optional[Any] = None   # convert.tflite_source.TfliteModel for a .tflite file
+  path: str = ""
+
+
+def _from_checkpoint(directory: str) -> Weights:
+  import jax
+  import jax.numpy as jnp
+  from flax import traverse_util
+
+  from mobilenet_jax.models.registry import create_model
+  from mobilenet_jax.pretrained import read_model_file
+  from mobilenet_jax.train.init_from import load_initial_variables
+
+  meta = read_model_file(directory)
+  model = create_model(meta["model"], **meta["options"])
+  if meta.get("preprocessing"):
+    recipe, how = EvalRecipe.from_dict(meta["preprocessing"]), "recorded in model.json"
+  elif meta["options"].get("padding", "same") == "same":
+    recipe, how = tf_slim(224), "assumed: TF weights (padding 'same'), none recorded"
+  else:
+    recipe, how = torchvision(), "assumed: PyTorch weights (padding 'symmetric'), none recorded"
+  template = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, recipe.resolution, recipe.resolution, 3)))
+  values = load_initial_variables(directory, template, meta["options"])
+  variables = {c: traverse_util.unflatten_dict(v, sep="/") for c, v in values.items()}
+  return Weights(model, variables, recipe, how, f"{meta['model']} {meta['options']}",
+                 path=directory)
+
+
+def load_weights(args: argparse.Namespace) -> Weights:
+  """Reads `args.weights` (see `cli.main`'s --weights and --source)."""
+  import os
+
+  path = args.weights
+  if os.path.isdir(path):
+    return _from_checkpoint(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--weights={path} is neither a file nor a checkpoint directory")
+  if path.endswith(".tflite") and not args.source:
+    args.source = "tflite"
+  if not args.source:
+    raise ValueError(f"--weights={path}: give --source (keras:NAME, torchvision:NAME, timm:NAME "
+                     "or tflite) to say how to read it")
+  if args.source == "tflite":
+    from mobilenet_jax.convert.tflite_source import convert_tflite_file
+
+    tflite = convert_tflite_file(path, not args.keep_background)
+    conversion = tflite.conversion
+  else:
+    from mobilenet_jax.convert.cli import convert_file
+
+    tflite, conversion = None, convert_file(args)
+  recipe = EvalRecipe.from_dict(conversion.preprocessing)
+  return Weights(conversion.model(), conversion.variables, recipe, f"the {args.source} source's",
+                 f"{conversion.model_name} {conversion.options}", tflite, path)

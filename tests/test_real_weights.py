@@ -1,0 +1,213 @@
+"""Released TFLite MobileNets on real photographs: our converted model against LiteRT itself.
+
+Six files (TF-slim V1 at three widths and V2, quantization-aware trained, uint8; Keras V2 with int8
+post-training quantization; V2 on iNaturalist birds) are converted once each and run, in JAX and in
+LiteRT, on 100 ImageNet images (one per tenth class) and 8 photographs prepared once per input
+size with TF-slim's eval recipe. LiteRT computes in 8-bit integers, our model in float with the
+dequantized weights, so top-1 classes agree on most images, not all. A float file exported from
+Keras (V3-Small: squeeze-excite, hard-swish, a rescaling layer) must give LiteRT's logits exactly.
+
+Needs ../shared/data (skipped without it) and LiteRT (`ai-edge-litert`, requirements-test.txt).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(),
+                                reason=f"real weights and images ({DATA}) are not present")
+pytest.importorskip("ai_edge_litert", reason="LiteRT (pip install ai-edge-litert) runs the files")
+
+from mobilenet_jax.convert.assemble import ConversionError  # noqa: E402
+from mobilenet_jax.convert.cli import main as convert_main  # noqa: E402
+from mobilenet_jax.convert.tflite_source import convert_tflite_file  # noqa: E402
+from mobilenet_jax.evaluate.cli import main as evaluate_main  # noqa: E402
+from mobilenet_jax.evaluate.images import list_images, prepared_batches  # noqa: E402
+from mobilenet_jax.evaluate.runtimes import JaxClassifier, LiteRTClassifier  # noqa: E402
+
+BATCH = 36                 # 108 images = 3 batches: one compilation per model
+MIN_AGREEMENT = 0.97       # top-1 of our float model vs LiteRT's integer arithmetic
+MAX_ACCURACY_GAP = 0.02    # top-1 accuracy on the 100 labelled images
+# ImageNet class indices (background dropped) of the photos' obvious labels.
+EGYPTIAN_CAT, TABBY, HOTDOG = 285, 281, 934
+FILES = {  # file: (model name, width, input size, classes, photos get their obvious labels)
+    "mobilenet_v1_0.25_128_quant": ("mobilenet_v1", 0.25, 128, 1000, False),
+    "mobilenet_v1_0.5_160_quant": ("mobilenet_v1", 0.5, 160, 1000, True),
+    "mobilenet_v1_0.75_192_quant": ("mobilenet_v1", 0.75, 192, 1000, True),
+    "mobilenet_v2_1.0_224_quant": ("mobilenet_v2", 1.0, 224, 1000, True),
+    "tf2_mobilenet_v2_1.0_224_ptq": ("mobilenet_v2", 1.0, 224, 1000, True),
+    "mobilenet_v2_1.0_224_inat_bird_quant": ("mobilenet_v2", 1.0, 224, 965, False),
+}
+# Measured below the target: these files' predictions on these images turn on differences smaller
+# than one 8-bit step (rounding the input to the file's uint8 grid alone changes the float model's
+# top-1 on 3% of the images for V1 0.25/128); docs/real_weights.md gives the figures.
+BELOW_TARGET = {"mobilenet_v1_0.25_128_quant", "mobilenet_v2_1.0_224_inat_bird_quant"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def optimized_xla():
+  """108 images through each network: XLA's optimizations pay for themselves here (3x faster),
+  unlike in the tiny-input tests conftest.py tunes compilation for."""
+  import jax
+
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def tflite_path(name: str) -> str:
+  return str(DATA / "tflite" / f"{name}.tflite")
+
+
+@pytest.fixture(scope="module")
+def images():
+  imagenet, labels = list_images(str(DATA / "imagenet-sample-100"))
+  photos, _ = list_images(str(DATA / "photos"))
+  return imagenet + photos, np.array(labels), [Path(p).name for p in photos]
+
+
+@pytest.fixture(scope="module")
+def prepared(images):
+  cache = {}
+
+  def get(recipe):
+    if recipe not in cache:
+      cache[recipe] = np.concatenate(list(prepared_batches(images[0], recipe, BATCH)))
+    return cache[recipe]
+  return get
+
+
+@pytest.fixture(scope="module", params=list(FILES))
+def run(request, prepared):
+  """(file name, TfliteModel, our logits, LiteRT's logits) on the 108 images."""
+  name = request.param
+  converted = convert_tflite_file(tflite_path(name))
+  x = prepared(converted.recipe)
+  ours = JaxClassifier(converted.conversion.model(), converted.conversion.variables, BATCH)
+  theirs = LiteRTClassifier(converted, tflite_path(name))
+  ours = np.concatenate([ours(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
+  return name, converted, ours, theirs(x)
+
+
+def test_architecture_read_from_the_file(run):
+  name, converted, ours, theirs = run
+  model, width, size, classes, _ = FILES[name]
+  conversion = converted.conversion
+  assert (conversion.model_name, conversion.options["width_multiplier"]) == (model, width)
+  assert conversion.options["num_classes"] == classes == ours.shape[1] == theirs.shape[1]
+  assert converted.background == (classes == 1000)   # 1001-way files lose class 0
+  assert conversion.preprocessing == {
+      "style": "central_crop", "resolution": size, "normalization": "inception",
+      "crop_fraction": 0.875, "resize_size": None, "interpolation": "bilinear"}
+
+
+def test_top1_agrees_with_litert(run, request):
+  """Our top-1 is LiteRT's, or ties with it in LiteRT's 8-bit logits (which then has no top-1)."""
+  name, _, ours, theirs = run
+  top1 = ours.argmax(1)
+  agreement = np.mean(theirs[np.arange(len(top1)), top1] == theirs.max(1))
+  if name in BELOW_TARGET:
+    request.applymarker(pytest.mark.xfail(strict=True, reason=f"{name}: 94% measured"))
+  assert agreement >= MIN_AGREEMENT, f"{name}: top-1 agrees on {agreement:.1%} of the images"
+
+
+def test_accuracy_within_two_points_of_litert(run, images):
+  name, _, ours, theirs = run
+  labels = images[1]
+  if FILES[name][3] != 1000:
+    pytest.skip("the birds model has no ImageNet classes")
+  ours_hits = int(np.sum(ours[:len(labels)].argmax(1) == labels))
+  theirs_hits = int(np.sum(theirs[:len(labels)].argmax(1) == labels))
+  assert theirs_hits > 0.4 * len(labels)   # labels and classes line up: real classifiers
+  assert abs(ours_hits - theirs_hits) <= MAX_ACCURACY_GAP * len(labels), (name, ours_hits,
+                                                                          theirs_hits)
+
+
+def test_photos_get_their_obvious_labels(run, images):
+  name, _, ours, theirs = run
+  if not FILES[name][4]:
+    pytest.skip("V1 0.25/128 misses the hot dog in LiteRT too; the birds model has no such "
+                "classes")
+  photos = dict(zip(images[2], range(len(images[1]), len(images[0]))))
+  for top1 in (ours.argmax(1), theirs.argmax(1)):
+    assert top1[photos["cat.bmp"]] in (EGYPTIAN_CAT, TABBY)
+    assert top1[photos["cat_720p.jpg"]] in (EGYPTIAN_CAT, TABBY)
+    assert top1[photos["hot_dog.jpg"]] == HOTDOG
+
+
+def test_round_trip_convert_command_then_evaluate_through_init_from(tmp_path, capsys):
+  """The .tflite file evaluated directly, and converted to a checkpoint by the convert command
+  then evaluated from it (model.json's recipe, variables through training's init_from): the same
+  top-5 classes for every image."""
+  name = tflite_path("mobilenet_v1_0.25_128_quant")
+  photos = str(DATA / "photos")
+  assert convert_main(["--source=tflite", f"--weights={name}", f"--out={tmp_path / 'ckpt'}"]) == 0
+  assert "mobilenet_v1" in capsys.readouterr().out
+  direct, restored = tmp_path / "direct.json", tmp_path / "restored.json"
+  assert evaluate_main([f"--weights={name}", f"--images={photos}", f"--json={direct}"]) == 0
+  assert evaluate_main([f"--weights={tmp_path / 'ckpt'}", f"--images={photos}",
+                        f"--json={restored}", f"--agree_with={direct}"]) == 0
+  direct, restored = json.loads(direct.read_text()), json.loads(restored.read_text())
+  assert [i["top5"] for i in direct["images"]] == [i["top5"] for i in restored["images"]]
+  assert restored["agreement"]["top1"] == 1.0
+  assert restored["preprocessing"] == direct["preprocessing"]
+  assert restored["num_images"] == 8 and restored["num_labelled"] == 0
+
+
+def test_evaluate_command_scores_labelled_images(tmp_path, capsys):
+  """Labels from `NNN_` file names; totals and per-image top-5 in the JSON; LiteRT as runtime."""
+  out = tmp_path / "litert.json"
+  assert evaluate_main([f"--weights={tflite_path('mobilenet_v1_0.25_128_quant')}",
+                        f"--images={DATA / 'imagenet-sample-100'}", "--runtime=litert",
+                        f"--json={out}"]) == 0
+  result = json.loads(out.read_text())
+  assert result["num_labelled"] == 100 and result["num_classes"] == 1000
+  assert result["images"][1]["label"] == 10 and len(result["images"][1]["top5"]) == 5
+  hits = sum(i["top5"][0] == i["label"] for i in result["images"])
+  assert result["top1"] == hits / 100
+  assert f"top-1 {100 * result['top1']:.2f}%" in capsys.readouterr().out
+
+
+def test_not_a_mobilenet_is_an_error_that_says_what_was_found(tmp_path, capsys):
+  import tensorflow as tf
+
+  @tf.function(input_signature=[tf.TensorSpec([1, 32, 32, 3], tf.float32)])
+  def net(x):
+    x = tf.nn.conv2d(x, tf.ones([3, 3, 3, 8]), 1, "SAME")
+    return tf.nn.max_pool2d(x, 2, 2, "VALID")
+
+  path = tmp_path / "not_mobilenet.tflite"
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([net.get_concrete_function()], net)
+  path.write_bytes(converter.convert())
+  with pytest.raises(ConversionError, match="MAX_POOL_2D.*not an operator of a MobileNet"):
+    convert_tflite_file(str(path))
+  (tmp_path / "text.tflite").write_text("not a model")
+  assert convert_main(["--source=tflite", f"--weights={tmp_path / 'text.tflite'}",
+                       f"--out={tmp_path / 'out'}"]) == 1
+  assert "not a TensorFlow Lite model" in capsys.readouterr().err
+
+
+def test_float_keras_v3_small_export_gives_litert_logits(tmp_path):
+  """Keras MobileNetV3Small (random weights and statistics) exported by TensorFlow's converter:
+  the converter folds BatchNorm, fuses hard-swish, folds the hard sigmoid's "+3" and ReLU6 into
+  the squeeze-excite conv, keeps Keras' 0..255 rescaling; our model must compute LiteRT's logits."""
+  path = tmp_path / "v3_small.tflite"
+  subprocess.run([sys.executable, str(Path(__file__).parent / "keras_tflite_export.py"),
+                  "mobilenet_v3_small", "0.75", "96", str(path)], check=True)
+  converted = convert_tflite_file(str(path))
+  conversion = converted.conversion
+  assert conversion.model_name == "mobilenet_v3_small"
+  assert conversion.options["width_multiplier"] == 0.75
+  assert converted.recipe.normalization == "inception"   # the file rescales 0..255 itself
+  x = np.random.RandomState(0).uniform(-1, 1, (2, 96, 96, 3)).astype(np.float32)
+  ours = np.asarray(conversion.model().apply(conversion.variables, x, train=False))
+  theirs = LiteRTClassifier(converted, str(path))(x)
+  np.testing.assert_allclose(ours, theirs, atol=1e-4 * np.abs(theirs).max())
