@@ -58,7 +58,7 @@ TORCH_MODELS = {"mobilenet_v1": ("timm", "mobilenetv1_100"),
                 "mobilenet_v3_small": ("torchvision", "mobilenet_v3_small")}
 KERAS_MODELS = {"mobilenet_v1": "MobileNet", "mobilenet_v2": "MobileNetV2",
                 "mobilenet_v3_large": "MobileNetV3Large", "mobilenet_v3_small": "MobileNetV3Small"}
-FRAMEWORKS = ("jax", "jax_apply", "torch", "keras")
+FRAMEWORKS = ("jax", "jax_apply", "torch", "keras")   # the default set; see EXPORT_FRAMEWORKS
 MALLOC_MODES = ("retain", "default")
 MODES = ("infer", "latency", "train")
 DTYPES = ("float32", "bfloat16")
@@ -345,6 +345,114 @@ RUNNERS = {"jax": jax_runner, "jax_apply": jax_apply_runner, "torch": torch_runn
 
 
 # ----------------------------------------------------------------------------------------------
+# Deployment runtimes (inference only, float32): our exports (`mobilenet_jax.export`) beside the
+# reference libraries' own (`tools/peer_exports.py`), in ONNX Runtime and LiteRT with XNNPACK.
+
+EXPORT_FRAMEWORKS = ("ort", "ort_torchvision", "litert", "litert_keras", "litert_int8")
+# (ours, theirs) pairs compared in the report: same runtime, different exporter; int8 vs float.
+EXPORT_PAIRS = (("ort", "ort_torchvision"), ("litert", "litert_keras"), ("litert_int8", "litert"))
+
+
+def _deploy_threads(options: argparse.Namespace) -> int:
+  return options.threads or os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=None)
+def _export_file(kind: str, name: str, resolution: int, batch: int) -> bytes:
+  """The deployment file `kind` of `name` (random weights), made once per process."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  from mobilenet_jax import export  # pylint: disable=g-import-not-at-top
+  from mobilenet_jax.tools import peer_exports  # pylint: disable=g-import-not-at-top
+
+  if kind in ("torchvision", "keras"):
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, "model")
+      maker = peer_exports.torchvision_onnx if kind == "torchvision" else peer_exports.keras_tflite
+      maker(name, resolution, path)
+      with open(path, "rb") as f:
+        return f.read()
+  model = create_model(name, num_classes=NUM_CLASSES)
+  variables = init_variables(model, resolution)
+  if kind == "onnx":
+    return export.to_onnx(model, variables, resolution=resolution)
+  if kind == "tflite":
+    return export.to_tflite(model, variables, resolution=resolution, batch=batch)
+  # Random calibration images: the ranges do not change the speed.
+  calibration = np.random.default_rng(0).standard_normal((max(batch, 8), resolution, resolution, 3))
+  return export.to_tflite_int8(model, variables, resolution=resolution, batch=batch,
+                               calibration=calibration.astype(np.float32))
+
+
+def _check_deploy_mode(framework: str, mode: str, dtype: str) -> None:
+  if mode == "train" or dtype != "float32":
+    raise ValueError(f"{framework} measures float32 inference only")
+
+
+def _ort_runner(kind: str, framework: str, name: str, mode: str, batch: int, resolution: int,
+                dtype: str, options: argparse.Namespace) -> Runner:
+  _check_deploy_mode(framework, mode, dtype)
+  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  data = _export_file(kind, name, resolution, 0)
+  session_options = ort.SessionOptions()
+  session_options.intra_op_num_threads = _deploy_threads(options)
+  session = ort.InferenceSession(data, session_options, providers=["CPUExecutionProvider"])
+  images = np.random.default_rng(0).standard_normal(
+      (batch, 3, resolution, resolution)).astype(np.float32)
+  feed = {session.get_inputs()[0].name: images}
+  return Runner(lambda: session.run(None, feed), time.perf_counter() - start, None, None,
+                f"{kind} export, ORT {ort.__version__}, {_deploy_threads(options)} threads")
+
+
+def _litert_runner(kind: str, framework: str, name: str, mode: str, batch: int, resolution: int,
+                   dtype: str, options: argparse.Namespace) -> Runner:
+  _check_deploy_mode(framework, mode, dtype)
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  # Keras's file has a dynamic batch (resized here); ours are exported at the batch they run.
+  data = _export_file(kind, name, resolution, 0 if kind == "keras" else batch)
+  interpreter = Interpreter(model_content=data, num_threads=_deploy_threads(options))
+  detail = interpreter.get_input_details()[0]
+  if detail["shape"][0] != batch:
+    interpreter.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])
+  interpreter.allocate_tensors()
+  images = np.random.default_rng(0).standard_normal((batch, resolution, resolution, 3))
+  interpreter.set_tensor(detail["index"], images.astype(np.float32))
+  return Runner(interpreter.invoke, time.perf_counter() - start, None, None,
+                f"{kind} export, LiteRT + XNNPACK, {_deploy_threads(options)} threads")
+
+
+RUNNERS.update({
+    "ort": functools.partial(_ort_runner, "onnx", "ort"),
+    "ort_torchvision": functools.partial(_ort_runner, "torchvision", "ort_torchvision"),
+    "litert": functools.partial(_litert_runner, "tflite", "litert"),
+    "litert_keras": functools.partial(_litert_runner, "keras", "litert_keras"),
+    "litert_int8": functools.partial(_litert_runner, "tflite_int8", "litert_int8"),
+})
+
+
+def print_export_ratios(results: list[Result]) -> None:
+  """Ours over theirs in the same runtime (>1: ours faster), from the same interleaved rounds."""
+  by_key = {(r.model, r.framework, r.mode, r.batch, r.resolution): r for r in results}
+  lines = []
+  for model, resolution in dict.fromkeys((r.model, r.resolution) for r in results):
+    for mine, theirs in EXPORT_PAIRS:
+      cells = []
+      for (mode, batch) in sorted({(r.mode, r.batch) for r in results if r.mode != "train"}):
+        a = by_key.get((model, mine, mode, batch, resolution))
+        b = by_key.get((model, theirs, mode, batch, resolution))
+        if a and b:
+          cells.append(f"{'latency' if mode == 'latency' else 'infer'} b{batch} "
+                       f"{a.images_per_s / b.images_per_s:.2f}x")
+      if cells:
+        lines.append(f"  {model:<20} {resolution:>4} {mine:<12} vs {theirs:<16} " + ", ".join(cells))
+  if lines:
+    print("\nexports, same runtime (>1: the first faster)")
+    print("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------------------------
 # Measurement and report
 
 
@@ -354,8 +462,8 @@ def measure(name: str, mode: str, batch: int, resolution: int, dtype: str,
   """Prepares every framework's step, then times them in interleaved rounds."""
   runners = {}
   for framework in frameworks:
-    if framework == "jax_apply" and mode == "train":
-      continue  # the same training step as "jax"
+    if (framework == "jax_apply" or framework in EXPORT_FRAMEWORKS) and mode == "train":
+      continue  # the same training step as "jax"; the deployment runtimes do not train
     try:
       runners[framework] = RUNNERS[framework](name, mode, batch, resolution, dtype, options)
     except Exception as error:  # pylint: disable=broad-except
@@ -470,8 +578,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--resolution", type=_csv(int), default=[224], help="input sizes")
   parser.add_argument("--dtype", type=_csv(str, DTYPES), default=["float32"],
                       help="compute dtypes (parameters stay float32; torch uses bf16 autocast)")
-  parser.add_argument("--frameworks", type=_csv(str, FRAMEWORKS), default=list(FRAMEWORKS),
-                      help="frameworks to run; those not installed are skipped")
+  parser.add_argument("--frameworks", type=_csv(str, FRAMEWORKS + EXPORT_FRAMEWORKS),
+                      default=list(FRAMEWORKS),
+                      help="frameworks to run; those not installed are skipped. Deployment "
+                      f"runtimes (float32 inference): {', '.join(EXPORT_FRAMEWORKS)}")
   parser.add_argument("--modes", type=_csv(str, MODES), default=list(MODES),
                       help="infer (throughput), latency (batch 1), train (one SGD step)")
   parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
@@ -512,7 +622,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def _prepare_frameworks(args: argparse.Namespace) -> list[str]:
   """Imports the optional frameworks in a safe order; drops those not installed."""
   frameworks = []
-  if "torch" in args.frameworks or "keras" in args.frameworks:
+  if {"torch", "keras", "ort_torchvision", "litert", "litert_int8"} & set(args.frameworks):
     # torch before anything that may import tensorflow (keras): the reverse order segfaults.
     try:
       import torch  # pylint: disable=g-import-not-at-top
@@ -606,6 +716,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Result]:
           results += new
   info["load_average_end"] = load_average()
   print_table(results, frameworks)
+  print_export_ratios(results)
   print(f"\nload average: start {info['load_average_start']}, end {info['load_average_end']}")
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

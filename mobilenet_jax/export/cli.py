@@ -1,0 +1,115 @@
+"""`python -m mobilenet_jax.export`: trained weights -> a LiteRT, ONNX or StableHLO file.
+
+    python -m mobilenet_jax.export --weights=DIR --format=tflite --out=m.tflite
+    python -m mobilenet_jax.export --weights=DIR --format=tflite-int8 --calibration=IMAGES \\
+        --input=uint8 --out=m_int8.tflite
+    python -m mobilenet_jax.export --weights=DIR --format=onnx --batch=dynamic --out=m.onnx
+    python -m mobilenet_jax.export --weights=DIR --format=stablehlo --out=m.stablehlo
+
+--weights is a checkpoint directory (`python -m mobilenet_jax.convert`, training's output) or a
+weight file of a converter source (a `.tflite` file, or --source=keras:NAME/torchvision:NAME/...).
+Calibration images are prepared with the weights' eval recipe, as `python -m mobilenet_jax.evaluate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from mobilenet_jax.export import FORMATS
+
+CALIBRATION_BATCH = 16
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m mobilenet_jax.export",
+                                   description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--weights", required=True,
+                      help="checkpoint directory, .tflite file, or a --source weight file")
+  parser.add_argument("--source", default=None,
+                      help="how to read a weight file: tflite, keras:NAME, torchvision:NAME, "
+                           "timm:NAME (default: tflite for .tflite files)")
+  parser.add_argument("--keep_background", action="store_true",
+                      help="keep class 0 of a 1001-way (TF-slim) classifier")
+  parser.add_argument("--format", required=True, choices=FORMATS)
+  parser.add_argument("--out", required=True, help="file to write")
+  parser.add_argument("--batch", default=None,
+                      help="N or 'dynamic' (default: 1 for TFLite, dynamic for ONNX and StableHLO)")
+  parser.add_argument("--resolution", type=int, default=None,
+                      help="input size (default: the weights' eval resolution)")
+  parser.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw",
+                      help="ONNX input layout")
+  parser.add_argument("--calibration", default=None,
+                      help="tflite-int8: a folder of representative images")
+  parser.add_argument("--calibration_images", type=int, default=200,
+                      help="tflite-int8: at most this many calibration images")
+  parser.add_argument("--input", choices=("float32", "uint8"), default="float32",
+                      help="tflite-int8 input: normalised float32 images, or uint8 pixels 0..255")
+  return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+  int8 = args.format == "tflite-int8"
+  if int8 and not args.calibration:
+    raise ValueError("--format=tflite-int8 needs --calibration=DIR, a folder of representative "
+                     "images (a hundred or more) to measure the activation ranges on")
+  if not int8 and (args.calibration or args.input != "float32"):
+    raise ValueError("--calibration and --input apply to --format=tflite-int8 only")
+  if args.format != "onnx" and args.layout != "nchw":
+    raise ValueError("--layout applies to --format=onnx only (TFLite and StableHLO take NHWC)")
+  if args.calibration and not os.path.isdir(args.calibration):
+    raise FileNotFoundError(f"--calibration={args.calibration} is not a directory")
+
+
+def calibration_batches(directory: str, recipe, pixels: bool, limit: int
+                        ) -> Iterator[np.ndarray]:
+  """float32 batches of the folder's images prepared by `recipe`; 0..255 pixels when `pixels`."""
+  from mobilenet_jax.evaluate.images import list_images, prepared_batches
+
+  paths, _ = list_images(directory)
+  if pixels:   # the recipe's crop and resize, scaled back to 0..255 ("unit" is x / 255)
+    recipe = dataclasses.replace(recipe, normalization="unit")
+  for batch in prepared_batches(paths[:limit], recipe, CALIBRATION_BATCH):
+    yield batch * 255.0 if pixels else batch
+
+
+def run(args: argparse.Namespace) -> str:
+  """Writes the file; returns a one-line description of it."""
+  from mobilenet_jax import export
+  from mobilenet_jax.evaluate.weights import load_weights
+
+  _check(args)
+  weights = load_weights(args)
+  recipe = weights.recipe
+  resolution = args.resolution or recipe.resolution
+  options = {"resolution": resolution}
+  if args.batch is not None:
+    options["batch"] = args.batch
+  if args.format == "onnx":
+    options["layout"] = args.layout
+  if args.format == "tflite-int8":
+    pixels = args.input == "uint8"
+    recipe = dataclasses.replace(recipe, resolution=resolution)
+    options.update(input_type=args.input, normalization=recipe.normalization if pixels else None,
+                   calibration=lambda: calibration_batches(args.calibration, recipe, pixels,
+                                                           args.calibration_images))
+  data = export.export(weights.model, weights.variables, args.format, args.out, **options)
+  return (f"wrote {os.path.abspath(args.out)}: {args.format}, {len(data) / 2**20:.2f} MiB, "
+          f"{weights.description}, {resolution}x{resolution}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Runs the command; returns the exit status (0 on success, 1 on an error it explains)."""
+  args = _parser().parse_args(argv)
+  try:
+    print(run(args))
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0

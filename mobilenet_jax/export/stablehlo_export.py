@@ -1,0 +1,16 @@
+"""StableHLO export with `jax.export`: the folded network, weights inside, for XLA or IREE serving."""
+
+from __future__ import annotations
+
+import jax
+
+from mobilenet_jax.export.program import Program
+
+
+def program_to_stablehlo(program: Program, text: bool = False) -> bytes:
+  """`jax.export.Exported.serialize()` of the program (load with `jax.export.deserialize`), or the
+  StableHLO module as MLIR text when `text`. A dynamic batch stays symbolic."""
+  exported = jax.export.export(jax.jit(program.function))(program.input_spec)
+  if text:
+    return exported.mlir_module().encode()
+  return bytes(exported.serialize())

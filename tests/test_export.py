@@ -1,0 +1,226 @@
+"""Export to LiteRT/TFLite (float, int8), ONNX and StableHLO: each file computes JAX's logits.
+
+Small networks (width 0.35, 64x64, 10 classes) with random weights *and* random BatchNorm
+statistics and biases, so folding and every bias matter. Needs the `export` extra (tensorflow,
+ai-edge-litert, jax2onnx, onnxscript, onnxruntime); skipped without it.
+"""
+
+import collections
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("jax2onnx", reason="pip install mobilenet_jax[export]")
+pytest.importorskip("onnxruntime", reason="pip install mobilenet_jax[export]")
+pytest.importorskip("ai_edge_litert", reason="pip install mobilenet_jax[export]")
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from flax import linen as nn  # noqa: E402
+
+import mobilenet_jax as mj  # noqa: E402
+from mobilenet_jax import export  # noqa: E402
+
+RESOLUTION = 64
+MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+TOLERANCE = 1e-4   # of the logits' scale (their largest magnitude)
+
+
+def random_variables(model, seed=0):
+  """Initial variables with every parameter perturbed and random BatchNorm statistics."""
+  variables = mj.init_variables(model, RESOLUTION, seed)
+  rng = np.random.default_rng(seed)
+  noisy = lambda x: x + rng.normal(0.0, 0.1, x.shape).astype(np.float32)
+  stats = {"mean": lambda x: rng.normal(0.0, 0.2, x.shape).astype(np.float32),
+           "var": lambda x: rng.uniform(0.5, 2.0, x.shape).astype(np.float32)}
+  batch_stats = jax.tree_util.tree_map_with_path(lambda path, x: stats[path[-1].key](x),
+                                                 variables["batch_stats"])
+  return {"params": jax.tree.map(noisy, variables["params"]), "batch_stats": batch_stats}
+
+
+def small(name, **options):
+  model = mj.create_model(name, width_multiplier=0.35, num_classes=10, **options)
+  return model, random_variables(model)
+
+
+@pytest.fixture(scope="module")
+def v3_small():
+  return small("mobilenet_v3_small")
+
+
+@pytest.fixture(scope="module")
+def v2():
+  return small("mobilenet_v2")
+
+
+def images(batch, seed=1):
+  return np.random.default_rng(seed).standard_normal(
+      (batch, RESOLUTION, RESOLUTION, 3)).astype(np.float32)
+
+
+def jax_logits(model, variables, x):
+  return np.asarray(model.clone(kernels="xla").apply(variables, x, train=False))
+
+
+def relative_error(ours, reference):
+  return float(np.abs(ours - reference).max() / np.abs(reference).max())
+
+
+def run_tflite(data, x):
+  interpreter = Interpreter(model_content=data, num_threads=1)
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+  interpreter.invoke()
+  return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def tflite_ops(data):
+  return collections.Counter(op["op_name"]
+                             for op in Interpreter(model_content=data)._get_ops_details())
+
+
+def run_onnx(data, x):
+  session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+  return session.run(None, {"images": x})[0]
+
+
+def onnx_ops(data):
+  return collections.Counter(node.op_type for node in onnx.load_from_string(data).graph.node)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_float_exports_compute_jax_logits(name):
+  """TFLite (batch 2), ONNX and StableHLO (dynamic batch, run at 3) equal JAX's logits."""
+  model, variables = small(name)
+  x2, x3 = images(2), images(3, seed=2)
+  tflite = export.to_tflite(model, variables, resolution=RESOLUTION, batch=2)
+  assert relative_error(run_tflite(tflite, x2), jax_logits(model, variables, x2)) <= TOLERANCE
+  onnx_file = export.to_onnx(model, variables, resolution=RESOLUTION)
+  reference = jax_logits(model, variables, x3)
+  assert relative_error(run_onnx(onnx_file, x3.transpose(0, 3, 1, 2)), reference) <= TOLERANCE
+  stablehlo = export.to_stablehlo(model, variables, resolution=RESOLUTION)
+  exported = jax.export.deserialize(bytearray(stablehlo))
+  assert relative_error(np.asarray(exported.call(x3)), reference) <= TOLERANCE
+
+  # What the runtimes fuse: TFLite convolutions carry their activations (no separate ReLU/ReLU6
+  # or MAXIMUM/MINIMUM ops), and the ONNX graph has no transposes around its convolutions and no
+  # activation spelled with Max/Min/Div.
+  ops = tflite_ops(tflite)
+  assert not {"RELU", "RELU6", "MAXIMUM", "MINIMUM", "BATCH_MATMUL"} & set(ops), ops
+  assert ops["DEPTHWISE_CONV_2D"] > 0
+  ops = onnx_ops(onnx_file)
+  assert not {"Max", "Min", "Div", "ReduceSum"} & set(ops), ops
+  assert ops["Transpose"] <= ops["ReduceMean"], ops   # squeeze-excite's pooled maps only
+
+
+def test_onnx_nhwc_layout_and_fixed_batch(v2):
+  model, variables = v2
+  data = export.to_onnx(model, variables, resolution=RESOLUTION, batch=2, layout="nhwc")
+  session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+  assert session.get_inputs()[0].shape == [2, RESOLUTION, RESOLUTION, 3]
+  x = images(2)
+  assert relative_error(run_onnx(data, x), jax_logits(model, variables, x)) <= TOLERANCE
+
+
+def test_stablehlo_mlir_text(tmp_path, v3_small):
+  model, variables = v3_small
+  path = tmp_path / "m.mlir"
+  export.to_stablehlo(model, variables, str(path), resolution=RESOLUTION, batch=1)
+  text = path.read_text()
+  assert "stablehlo.convolution" in text and "tensor<1x64x64x3xf32>" in text
+
+
+def test_int8_is_full_integer_and_smaller(v2):
+  model, variables = v2
+  calibration = images(32, seed=3)
+  float_file = export.to_tflite(model, variables, resolution=RESOLUTION)
+  int8_file = export.to_tflite_int8(model, variables, resolution=RESOLUTION,
+                                    calibration=calibration)
+  # Per-channel scales and the flatbuffer's own bytes weigh more in a network this narrow; the
+  # real V2 in test_export_real.py is about 4x smaller.
+  assert len(float_file) / len(int8_file) > 2.4
+  interpreter = Interpreter(model_content=int8_file)
+  tensors = interpreter.get_tensor_details()
+  kernels = [t for t in tensors if len(t["shape"]) == 4 and t["dtype"] == np.int8
+             and len(t["quantization_parameters"]["scales"]) > 1]
+  assert kernels, "no per-channel int8 convolution kernels"
+  assert not any(t["dtype"] == np.float32 and len(t["shape"]) == 4 and t["shape"][0] > 1
+                 for t in tensors), "a float32 weight tensor is left"
+  ops = tflite_ops(int8_file)
+  assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1, ops   # float32 in, float32 logits out
+  x = images(1, seed=4)
+  ours, reference = run_tflite(int8_file, x), jax_logits(model, variables, x)
+  assert relative_error(ours, reference) < 0.2   # int8 rounding, not a different network
+
+
+def test_int8_uint8_input_takes_pixels(v3_small):
+  model, variables = v3_small
+  pixels = np.random.default_rng(5).integers(0, 256, (16, RESOLUTION, RESOLUTION, 3))
+  pixels[0, 0, 0], pixels[0, 0, 1] = 0, 255   # the calibration spans 0..255
+  data = export.to_tflite_int8(model, variables, resolution=RESOLUTION,
+                               calibration=pixels.astype(np.float32), input_type="uint8",
+                               normalization="inception")
+  detail = Interpreter(model_content=data).get_input_details()[0]
+  assert detail["dtype"] == np.uint8 and detail["quantization"] == (1.0, 0)
+  x = pixels[:1].astype(np.uint8)
+  reference = jax_logits(model, variables, x.astype(np.float32) / 127.5 - 1.0)
+  assert relative_error(run_tflite(data, x), reference) < 0.2
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, v: export.to_tflite(m, v, resolution=RESOLUTION, batch="dynamic"),
+     "fixed batch"),
+    (lambda m, v: export.to_onnx(m, v, resolution=RESOLUTION, batch=0), "batch must be"),
+    (lambda m, v: export.to_onnx(m, v, resolution=RESOLUTION, batch="many"), "batch must be"),
+    (lambda m, v: export.to_onnx(m, v, resolution=16), "resolution must be"),
+    (lambda m, v: export.to_onnx(m, v, resolution=RESOLUTION, layout="nwhc"), "layout"),
+    (lambda m, v: export.export(m, v, "coreml"), "format must be one of"),
+    (lambda m, v: export.to_tflite_int8(m, v, resolution=RESOLUTION, calibration=images(4),
+                                        input_type="uint8"), "normalization="),
+    (lambda m, v: export.to_tflite_int8(m, v, resolution=RESOLUTION, calibration=images(4),
+                                        input_type="int4"), "input type"),
+    (lambda m, v: export.to_tflite_int8(m, v, resolution=RESOLUTION,
+                                        calibration=np.zeros((4, 32, 32, 3), np.float32)),
+     "calibration images must be"),
+])
+def test_bad_options_are_clear_errors(call, message, v3_small):
+  model, variables = v3_small
+  with pytest.raises(ValueError, match=message):
+    call(model, variables)
+
+
+def test_models_that_cannot_be_folded_are_clear_errors():
+  import functools
+  model = mj.create_model("mobilenet_v2", width_multiplier=0.35, num_classes=10,
+                          norm_layer=functools.partial(nn.GroupNorm, num_groups=8))
+  with pytest.raises(ValueError, match="only BatchNorm can be folded"):
+    export.to_onnx(model, {"params": {}}, resolution=RESOLUTION)   # refused before folding
+  with pytest.raises(ValueError, match="takes a mobilenet_jax MobileNet"):
+    export.to_onnx(nn.Dense(3), {}, resolution=RESOLUTION)
+
+
+def test_cli_round_trip(tmp_path, capsys, v3_small):
+  from mobilenet_jax.export.cli import main
+  from mobilenet_jax.pretrained import save_pretrained
+
+  model, variables = v3_small
+  checkpoint = tmp_path / "checkpoint"
+  save_pretrained(str(checkpoint), "mobilenet_v3_small",
+                  {"width_multiplier": 0.35, "num_classes": 10}, variables)
+  out = tmp_path / "m.onnx"
+  assert main([f"--weights={checkpoint}", "--format=onnx", f"--out={out}",
+               f"--resolution={RESOLUTION}"]) == 0
+  x = images(2)
+  assert relative_error(run_onnx(out.read_bytes(), x.transpose(0, 3, 1, 2)),
+                        jax_logits(model, variables, x)) <= TOLERANCE
+  # Options that do not fit the format are refused with what to do.
+  assert main([f"--weights={checkpoint}", "--format=tflite-int8", f"--out={out}"]) == 1
+  assert "needs --calibration=DIR" in capsys.readouterr().err
+  assert main([f"--weights={checkpoint}", "--format=onnx", f"--out={out}",
+               f"--calibration={tmp_path}"]) == 1
+  assert "apply to --format=tflite-int8 only" in capsys.readouterr().err
+  assert main([f"--weights={checkpoint}", "--format=tflite", f"--out={out}",
+               "--layout=nhwc"]) == 1
+  assert "--layout applies to --format=onnx only" in capsys.readouterr().err
