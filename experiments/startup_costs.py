@@ -1,7 +1,16 @@
-"""What the test suite's and the training job's start-up choices save, each measured in fresh processes.
+"""Start-up costs, each measured in fresh processes: a newcomer's first logits, the main job's first
+step, and what the test suite's and the training job's start-up choices save.
 
-    python experiments/startup_costs.py            # all three, ~2 min on a 2-core CPU
+    python experiments/startup_costs.py                           # every study
+    python experiments/startup_costs.py --studies first_logits,main_job
 
+- first_logits: seconds from `import mobilenet_jax` to the first logits of one 224x224 image, the
+  README's way (`create_model`, `mj.init_variables`, `jax.jit(model.apply)`, with the compilation
+  cache on), for V2 and V3-Large: cold (an empty compilation cache) and warm (a second process).
+- main_job: the main job's first step (`first step (compilation included) took ...` in its log) on
+  a first start (empty compilation cache) and on a second start (another workdir, same cache).
+- init: `model.init` of V3-Large at 224 compiled as `jax.jit` does, and as `mj.init_variables` does
+  (XLA's backend optimisations off), in seconds; both give the same values.
 - fusion_emitters: compile time of an unoptimised (JAX_DISABLE_MOST_OPTIMIZATIONS) training gradient
   of MobileNetV2 x0.35, batch 32, 32x32, with XLA:CPU's MLIR fusion emitters (XLA's default) and with
   its loop emitters (`--xla_cpu_use_fusion_emitters=false`, what tests/fast_compile.py sets).
@@ -18,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 VARIANTS = {
@@ -28,7 +39,57 @@ VARIANTS = {
                         "loop emitters": "--xla_cpu_use_fusion_emitters=false"},
     "eager_init": {"eager": "eager", "jitted": "jit"},
     "autograph": {"AutoGraph": "autograph", "graph_function": "plain"},
+    "init": {"jax.jit(model.init)": "jit", "mj.init_variables": "init_variables"},
 }
+# Studies that run a sequence of processes sharing one compilation cache (cold, then warm).
+CACHE_STUDIES = ("first_logits", "main_job")
+FIRST_LOGITS_MODELS = ("mobilenet_v2", "mobilenet_v3_large")
+
+
+def _first_logits(name: str) -> float:
+  """The README's snippet up to the first logits, from before `import mobilenet_jax`."""
+  start = time.perf_counter()
+  import jax
+  import jax.numpy as jnp
+  import mobilenet_jax as mj
+  mj.enable_compilation_cache(os.environ["STARTUP_CACHE"])
+  model = mj.create_model(name)
+  variables = mj.init_variables(model, resolution=224, seed=0)
+  jax.block_until_ready(jax.jit(model.apply)(variables, jnp.zeros((1, 224, 224, 3))))
+  return time.perf_counter() - start
+
+
+def _main_job_first_step(cache: str) -> float:
+  """Runs the main job (the default config, 2 steps) in a child process; its first step's seconds."""
+  with tempfile.TemporaryDirectory() as workdir:
+    out = subprocess.run(
+        [sys.executable, "-m", "mobilenet_jax.main", f"--workdir={workdir}",
+         "--config.num_train_steps=2", "--config.eval_every_steps=0", "--config.progress_bar=off",
+         f"--config.compilation_cache={cache}"],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, check=True)
+  match = re.search(r"first step \(compilation included\) took ([0-9.]+)s", out.stdout + out.stderr)
+  if not match:
+    raise RuntimeError("the main job printed no first-step time:\n" + out.stdout + out.stderr)
+  return float(match.group(1))
+
+
+def cache_study(study: str, repeats: int) -> None:
+  """Cold (empty cache) and warm (second process, same cache) seconds, medians of `repeats` pairs."""
+  cases = FIRST_LOGITS_MODELS if study == "first_logits" else ("default job",)
+  for case in cases:
+    seconds = {"cold": [], "warm": []}
+    for _ in range(repeats):
+      with tempfile.TemporaryDirectory() as cache:
+        for label in seconds:
+          if study == "main_job":
+            seconds[label].append(_main_job_first_step(cache))
+            continue
+          out = subprocess.run([sys.executable, __file__, "--child", study, case],
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", STARTUP_CACHE=cache),
+                               capture_output=True, text=True, check=True).stdout
+          seconds[label].append(float(out.split("SECONDS ")[1].split()[0]))
+    print(f"{study:16s}{case:20s}" + "  ".join(f"{label}: {statistics.median(s):5.2f} s"
+                                               for label, s in seconds.items()), flush=True)
 
 
 def _measure(study: str, variant: str) -> float:
@@ -45,10 +106,23 @@ def _measure(study: str, variant: str) -> float:
     next(iter(data.create_eval_iterator(config, local_batch_size=64)))
     return time.perf_counter() - start
 
+  if study == "first_logits":
+    return _first_logits(variant)
+
   import jax
   import jax.numpy as jnp
 
-  from mobilenet_jax import create_model
+  from mobilenet_jax import create_model, init_variables
+  if study == "init":
+    model = create_model("mobilenet_v3_large")
+    start = time.perf_counter()
+    if variant == "jit":
+      images = jnp.zeros((1, 224, 224, 3), jnp.float32)
+      jax.block_until_ready(jax.jit(lambda: model.init(jax.random.key(0), images, train=False))())
+    else:
+      jax.block_until_ready(init_variables(model, 224, seed=0))
+    return time.perf_counter() - start
+
   jax.config.update("jax_disable_most_optimizations", True)
   if study == "eager_init":
     model = create_model("mobilenet_v3_small", width_multiplier=0.5, num_classes=10)
@@ -77,7 +151,8 @@ def _measure(study: str, variant: str) -> float:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--studies", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
+  studies = [*CACHE_STUDIES, *VARIANTS]
+  parser.add_argument("--studies", default=",".join(studies), help=f"comma list of {studies}")
   parser.add_argument("--repeats", type=int, default=2, help="processes per variant")
   parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -85,8 +160,11 @@ def main(argv=None) -> None:
     print(f"SECONDS {_measure(*args.child)}")
     return
   for study in args.studies.split(","):
+    if study in CACHE_STUDIES:
+      cache_study(study, args.repeats)
+      continue
     if study not in VARIANTS:
-      parser.error(f"unknown study {study!r}; choose from {list(VARIANTS)}")
+      parser.error(f"unknown study {study!r}; choose from {studies}")
     seconds = {label: [] for label in VARIANTS[study]}
     for _ in range(args.repeats):
       for label, value in VARIANTS[study].items():
