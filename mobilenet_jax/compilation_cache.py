@@ -26,10 +26,13 @@ def default_cache_dir() -> str:
 
 
 def enable_compilation_cache(path: Optional[str] = None) -> Optional[str]:
-  """Switches JAX's persistent compilation cache on at `path` (None: `default_cache_dir()`; "": off,
-  leaving JAX's settings as they are). Returns the folder used, or None."""
+  """Switches JAX's persistent compilation cache on at `path` (None: the folder JAX already has, e.g.
+  from $JAX_COMPILATION_CACHE_DIR, else `default_cache_dir()`; "": off, leaving JAX's settings as
+  they are). Returns the folder used, or None."""
   if path == "":
     return None
+  if path is None and jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
   path = os.path.expanduser(path) if path else default_cache_dir()
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", path)

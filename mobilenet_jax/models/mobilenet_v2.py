@@ -45,11 +45,13 @@ def stage_expansions(expansion: Expansion) -> tuple[float, ...]:
   else:
     ts = tuple(float(t) for t in expansion)
     if len(ts) != len(V2_TABLE):
-      raise ValueError(f"expansion needs one value per stage ({len(V2_TABLE)}), got {len(ts)}: "
+      raise ValueError(f"expansion needs one value per stage ({len(V2_TABLE)} per-stage values), "
+                       f"got {len(ts)}: "
                        f"{tuple(expansion)}")
   for t in ts:
     if not t >= 1:
-      raise ValueError(f"expansion must be >= 1 (t < 1 would shrink, not expand), got {t}")
+      raise ValueError(f"expansion must be >= 1 (every t must be >= 1: t < 1 would shrink, not "
+                       f"expand), got {t}")
   return ts
 
 

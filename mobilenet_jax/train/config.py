@@ -135,7 +135,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
   try:  # create_model checks every model option
     model = state.create_model(config, num_classes=1)
   except ValueError as error:
-    raise ValueError(f"config.model: {error}") from error
+    raise ValueError(f"model.{error}") from error
   if config.resolution < model.min_resolution:
     raise ValueError(f"resolution must be >= {model.min_resolution} (five stride-2 layers, "
                      f"model.small_input={model.small_input}), got {config.resolution}")
