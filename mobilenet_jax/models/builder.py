@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Union
+from typing import Optional, Union
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
