@@ -19,10 +19,15 @@ import jax
 MIN_COMPILE_SECONDS = 0.5
 
 
-def default_cache_dir() -> str:
-  """`$XDG_CACHE_HOME/mobilenet_jax/jax`, or `~/.cache/mobilenet_jax/jax`."""
+def user_cache_dir() -> str:
+  """`$XDG_CACHE_HOME/mobilenet_jax`, or `~/.cache/mobilenet_jax`: the project's cache folder."""
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "mobilenet_jax", "jax")
+  return os.path.join(base, "mobilenet_jax")
+
+
+def default_cache_dir() -> str:
+  """`user_cache_dir()/jax`: compiled programs."""
+  return os.path.join(user_cache_dir(), "jax")
 
 
 def enable_compilation_cache(path: Optional[str] = None) -> Optional[str]:

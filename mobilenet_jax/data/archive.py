@@ -19,6 +19,8 @@ import tarfile
 import tempfile
 import zipfile
 
+from mobilenet_jax.compilation_cache import user_cache_dir
+
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
@@ -27,8 +29,7 @@ def is_archive(path: str) -> bool:
 
 
 def cache_root() -> str:
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "mobilenet_jax", "datasets")
+  return os.path.join(user_cache_dir(), "datasets")
 
 
 def extracted_folder(archive: str, cache_dir: str | None = None) -> str:
