@@ -33,3 +33,24 @@ os.environ["XLA_FLAGS"] = fast_compile.xla_flags(os.environ.get("XLA_FLAGS", "")
 import jax  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)
+
+
+# Datasets the tests prepare (the embedded digits, for every training test) go to a directory of
+# this run, never to the user's ~/tensorflow_datasets or $TFDS_DATA_DIR: results must not depend on
+# what an earlier run or another version left there. The controller makes it before the xdist
+# workers and the tests' subprocesses start (they inherit the environment) and removes it at the end.
+_TEST_DATA_DIR = "MOBILENET_JAX_TESTS_TFDS_DIR"
+
+
+def pytest_configure(config):
+  if os.environ.get(_TEST_DATA_DIR):  # an xdist worker: the controller's directory
+    return
+  config.tests_tfds_dir = tempfile.mkdtemp(prefix="mobilenet_jax_tests_tfds_")
+  os.environ["TFDS_DATA_DIR"] = os.environ[_TEST_DATA_DIR] = config.tests_tfds_dir
+
+
+def pytest_unconfigure(config):
+  directory = getattr(config, "tests_tfds_dir", None)
+  if directory:
+    shutil.rmtree(directory, ignore_errors=True)
+    os.environ.pop(_TEST_DATA_DIR, None)

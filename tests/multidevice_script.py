@@ -2,7 +2,7 @@
 
     python tests/multidevice_script.py WORKDIR NUM_DEVICES [BN_GROUP_SIZE]
 
-XLA_FLAGS must be set before JAX is imported, hence a separate process (tests/test_train_multidevice.py).
+XLA_FLAGS must be set before JAX is imported, hence a separate process (tests/test_train.py).
 """
 
 import json
@@ -60,6 +60,8 @@ def main():
   print("RESULT " + json.dumps({
       "losses": [r["train_loss"] for r in records if "train_loss" in r],
       "eval_top1": [r["eval_top1"] for r in records if "eval_top1" in r],
+      "evaluations": [{k: v for k, v in r.items() if k.startswith("eval_")}
+                      for r in records if "eval_top1" in r],
       "devices": jax.device_count()}))
 
 

@@ -1,14 +1,19 @@
 """The expansion ablation changes exactly what t should change (MobileNetV2 paper, Table 2).
 
-The expected widths, parameters and multiply-adds are computed here by hand from the paper's table,
-independently of the model code: at width 1.0 every channel count is a multiple of 8 and in * t is
-an integer, so no rounding rule is involved.
+Each variant's parameters, multiply-adds and expanded widths are compared with torchvision's
+MobileNetV2 built from the same (t, c, n, s) rows (`inverted_residual_setting`): an independent
+implementation of the paper's table, whose multiply-adds are counted here from its modules' output
+shapes with the papers' formula Dk*Dk*M*N*DF*DF (V1 paper section 3.1; dense layers M*N).
 """
 
+import functools
 import os
 import sys
 
 import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "experiments"))
@@ -20,73 +25,57 @@ PAPER_TABLE = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 9
 RESOLUTION, CLASSES = 224, 1000
 
 
-def hand_count(stage_ts):
-  """(expanded widths, params, MAdds) of MobileNetV2 1.0 at 224 with t per stage.
+def torchvision_count(stage_ts):
+  """(expanded widths, params, MAdds) of torchvision's MobileNetV2 1.0 at 224 with t per stage."""
+  setting = [[t, c, n, s] for t, (_, c, n, s) in zip(stage_ts, PAPER_TABLE)]
+  model = torchvision.models.MobileNetV2(num_classes=CLASSES, inverted_residual_setting=setting)
+  madds = []
 
-  Every conv has no bias and a BatchNorm (scale + bias = 2 params per channel). MAdds: k*k*in*out
-  per output pixel for convs (depthwise: k*k per channel), in*out for the classifier.
-  """
-  size = RESOLUTION // 2                              # after the stride-2 stem
-  params = 3 * 3 * 3 * 32 + 2 * 32
-  madds = size * size * 3 * 3 * 3 * 32
-  widths, cin = [], 32
-  for (_, c, n, s), t in zip(PAPER_TABLE, stage_ts):
-    for i in range(n):
-      stride = s if i == 0 else 1
-      exp = cin * t
-      widths.append(exp)
-      out_size = size // stride
-      if exp != cin:                                  # 1x1 expansion, at the input resolution
-        params += cin * exp + 2 * exp
-        madds += size * size * cin * exp
-      params += 9 * exp + 2 * exp                     # 3x3 depthwise
-      madds += out_size * out_size * 9 * exp
-      params += exp * c + 2 * c                       # linear 1x1 projection
-      madds += out_size * out_size * exp * c
-      cin, size = c, out_size
-  params += cin * 1280 + 2 * 1280                     # last 1x1 conv, at 7x7
-  madds += size * size * cin * 1280
-  params += 1280 * CLASSES + CLASSES                  # classifier (with bias)
-  madds += 1280 * CLASSES
-  return widths, params, madds
+  def count(module, inputs, output):
+    if isinstance(module, torch.nn.Conv2d):
+      kh, kw = module.kernel_size
+      per_output = kh * kw * module.in_channels // module.groups
+      madds.append(output[0].numel() * per_output)   # output[0]: one image, C x H x W
+    else:
+      madds.append(module.in_features * module.out_features)
+
+  for module in model.modules():
+    if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+      module.register_forward_hook(count)
+  with torch.no_grad():
+    model.eval()(torch.zeros(1, 3, RESOLUTION, RESOLUTION))
+  widths = [m.out_channels for m in model.modules()
+            if isinstance(m, torch.nn.Conv2d) and m.groups > 1]   # the depthwise convs
+  return widths, sum(p.numel() for p in model.parameters()), sum(madds)
 
 
-def test_hand_count_reproduces_the_published_model():
-  """The arithmetic above is right: t=6 gives MobileNetV2's 3,504,872 params (Keras/torchvision)
-  and ~300M MAdds (paper Table 3)."""
-  _, params, madds = hand_count([1, 6, 6, 6, 6, 6, 6])
+@functools.lru_cache(maxsize=None)
+def ours(ts):
+  (variant,) = ea.expansion_variants([ts], 1.0, RESOLUTION)
+  costs = ea.measure_costs(variant, CLASSES)
+  return [int(w) for w in costs["expanded_widths"].split("-")], costs["params"], costs["madds"]
+
+
+def test_the_reference_count_is_the_published_model():
+  """t=6 is MobileNetV2: 3,504,872 params (Keras applications) and 300M MAdds (paper Table 3)."""
+  widths, params, madds = torchvision_count([1, 6, 6, 6, 6, 6, 6])
   assert params == 3_504_872
-  assert 295e6 < madds < 305e6
+  assert round(madds / 1e6) == 301 and int(madds / 1e6) == 300   # the paper truncates
+  assert widths[:4] == [32, 96, 144, 144]   # 32 x 1, then 16 x 6, 24 x 6, 24 x 6
 
 
-@pytest.mark.parametrize("t", [1, 4, 6])
-def test_uniform_t_against_hand_count(t):
-  stage_ts = [1] + [t] * 6                            # the first stage keeps the paper's t=1
-  widths, params, madds = hand_count(stage_ts)
-  (variant,) = ea.expansion_variants([t], 1.0, RESOLUTION)
-  costs = ea.measure_costs(variant, CLASSES)
-  assert costs["expanded_widths"] == "-".join(map(str, widths))
-  assert costs["params"] == params
-  assert costs["madds"] == madds
+@pytest.mark.parametrize("ts", [1, 4, 6, (1, 6, 6, 6, 2, 2, 2)], ids=str)
+def test_variant_costs_equal_torchvision(ts):
+  stage_ts = [1] + [ts] * 6 if isinstance(ts, int) else list(ts)   # stage 1 keeps the paper's t=1
+  assert ours(ts) == torchvision_count(stage_ts)
 
 
-def test_t1_has_no_expansion_layers_and_t4_widths():
-  widths_t1, _, _ = hand_count([1] * 7)
-  assert widths_t1[:4] == [32, 16, 24, 24]            # t=1: the block's input width
-  widths_t4, _, _ = hand_count([1] + [4] * 6)
-  assert widths_t4[:4] == [32, 64, 96, 96]
-
-
-def test_per_stage_pattern_against_hand_count():
-  pattern = (1, 6, 6, 6, 2, 2, 2)
-  widths, params, madds = hand_count(pattern)
-  (variant,) = ea.expansion_variants([pattern], 1.0, RESOLUTION)
-  assert variant.label == "t=1-6-6-6-2-2-2"
-  costs = ea.measure_costs(variant, CLASSES)
-  assert costs["expanded_widths"] == "-".join(map(str, widths))
-  assert (costs["params"], costs["madds"]) == (params, madds)
+def test_t1_has_no_expansion_and_t4_widths():
+  """Worked by hand from Table 2: with t=1 a block's depthwise width is its input width."""
+  assert ours(1)[0][:4] == [32, 16, 24, 24]
+  assert ours(4)[0][:4] == [32, 64, 96, 96]   # 16 x 4, 24 x 4, 24 x 4
 
 
 def test_costs_grow_with_t():
-  counts = [hand_count([1] + [t] * 6)[1:] for t in (1, 2, 3, 4, 6, 8)]
+  counts = [ours(t)[1:] for t in (1, 2, 3, 4, 6, 8)]
   assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(counts, counts[1:]))

@@ -83,7 +83,7 @@ def test_command_line_overrides_and_unknown_keys(monkeypatch):
   assert (config.model.width_multiplier, config.resolution, config.batch_size) == (0.75, 192, 512)
   assert (config.optimizer.eps, config.model.drop_path_rate) == (0.002, 0.1)
   assert _parse_command_line(monkeypatch).model.name == "mobilenet_v2"  # no --config: configs/default.py
-  with pytest.raises(Exception, match="bach_size"):
+  with pytest.raises(AttributeError, match='Did you mean "batch_size" instead of "bach_size"'):
     _parse_command_line(monkeypatch, "--config.bach_size=512")
 
 

@@ -198,6 +198,8 @@ def test_wrong_arch_for_weights_is_an_error(tf_small_minimal):
     ("resnet50", "unknown arch"),
     ("mobilenetv2_110d", "cannot be represented"),
     ("mobilenetv1_100h", "cannot be represented"),
+    ("mobilenetv3_rw", r"mobilenetv3_rw cannot be represented by our models: its first block has no "
+                       r"residual, its SE uses the block's activation"),
     ("mobilenetv3_100", "unknown arch"),
 ])
 def test_unknown_or_unsupported_arch(arch, match):
@@ -262,6 +264,28 @@ def test_round_trip_convert_cli_init_from_gives_the_same_logits(tmp_path):
   config.model.padding = "symmetric"   # loads without a shape error, but would score differently
   with pytest.raises(ValueError, match="padding='same'.*--config.model.padding=same"):
     train.train_and_evaluate(config, str(tmp_path / "run_symmetric"))
+
+
+def test_cli_converts_a_torchvision_pth(tmp_path):
+  """The README's command: `--source=torchvision:mobilenet_v2 --weights=....pth` (torch.save of a
+  state dict; the width is found from the shapes). A training checkpoint holding the state dict
+  under 'state_dict' converts to the same variables."""
+  reference = build_torch("torchvision", "mobilenet_v2", {"width_mult": 0.5}, 64)
+  torch.save(reference.state_dict(), tmp_path / "mobilenet_v2.pth")
+  out = tmp_path / "converted"
+  assert convert_main(["--source=torchvision:mobilenet_v2",
+                       f"--weights={tmp_path / 'mobilenet_v2.pth'}", f"--out={out}"]) == 0
+  name, options, variables = load_pretrained(str(out))
+  assert (name, options["width_multiplier"]) == ("mobilenet_v2", 0.5)
+  assert (options["padding"], options["bn_epsilon"]) == ("symmetric", 1e-5)
+  x = images(64, 2)
+  assert_same(torch_logits(reference, x), our_logits(create_model(name, **options), variables, x))
+
+  torch.save({"state_dict": reference.state_dict(), "epoch": 3}, tmp_path / "checkpoint.pt")
+  assert convert_main(["--source=torchvision:mobilenet_v2", f"--weights={tmp_path / 'checkpoint.pt'}",
+                       f"--out={tmp_path / 'from_checkpoint'}"]) == 0
+  _, _, again = load_pretrained(str(tmp_path / "from_checkpoint"))
+  jax.tree.map(np.testing.assert_array_equal, again, variables)
 
 
 def test_cli_errors(tmp_path, capsys):
@@ -381,6 +405,22 @@ def test_keras_not_a_mobilenet():
   other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
   with pytest.raises(ConversionError, match="is not a Keras applications MobileNet"):
     from_keras(other)
+
+
+def test_keras_missing_and_unknown_weights_are_listed(keras_v1):
+  """A Keras MobileNet with a layer's weights gone and another model's layer added (a user's own
+  head): the error lists both by their Keras names."""
+  from mobilenet_jax.convert.assemble import convert_family
+  from mobilenet_jax.convert.keras_source import keras_family, keras_weights
+
+  source = keras_weights(keras_v1)
+  del source["conv_pw_5_bn/gamma"]
+  source["my_head/kernel"] = np.zeros((1000, 10), np.float32)
+  with pytest.raises(ConversionError) as error:
+    convert_family(source, keras_family(keras_v1, source))
+  message = str(error.value)
+  assert "missing keys (1):\n    conv_pw_5_bn/gamma" in message
+  assert "unexpected keys (1):\n    my_head/kernel" in message
 
 
 def test_keras_cli_round_trip(keras_v1, tmp_path):

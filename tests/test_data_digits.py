@@ -1,6 +1,7 @@
 """The embedded digits dataset through the TFDS/tf.data pipeline: sizes, fixed split, determinism, resume."""
 
 import concurrent.futures
+import os
 
 import ml_collections
 import numpy as np
@@ -132,3 +133,12 @@ def test_labels_match_images_and_eval_matches_train(config):
   y_eval = np.concatenate([b["label"] for b in evaluation])[mask]
   distances = (x_eval ** 2).sum(1)[:, None] - 2 * x_eval @ x.T + (x ** 2).sum(1)[None]
   assert (y[distances.argmin(1)] == y_eval).mean() >= 0.95
+
+
+def test_tests_prepare_datasets_in_a_directory_of_their_own():
+  """conftest.py: the default TFDS directory of this run is a fresh one, not ~/tensorflow_datasets."""
+  from mobilenet_jax.data import sources  # pylint: disable=g-import-not-at-top
+  directory = sources.default_data_dir()
+  assert directory == os.environ["MOBILENET_JAX_TESTS_TFDS_DIR"]
+  assert os.path.basename(directory).startswith("mobilenet_jax_tests_tfds_")
+  assert os.path.realpath(directory) != os.path.realpath(os.path.expanduser("~/tensorflow_datasets"))

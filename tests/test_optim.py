@@ -45,12 +45,37 @@ def test_rmsprop_is_tf1_rmsprop_on_a_hand_computed_example():
     np.testing.assert_allclose(w, w_ref, rtol=1e-5)
 
 
-def test_sgd_nesterov_and_adamw_are_optax():
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum_and_l2_on_a_hand_computed_example(nesterov):
+  """Heavy ball (Polyak) and Nesterov momentum in Sutskever et al.'s form, as PyTorch documents
+  `torch.optim.SGD`: b <- m b + g; w <- w - lr b, or w <- w - lr (g + m b) with Nesterov. The L2
+  weight decay of the TF recipes joins the gradient first: g = grad + wd w (kernels only)."""
+  lr, m, wd = 0.1, 0.9, 0.01
+  config = _config(**{"optimizer.name": "sgd", "optimizer.momentum": m,
+                      "optimizer.nesterov": nesterov, "optimizer.weight_decay": wd})
+  tx = optim.create_optimizer(config, lambda _: lr)
+  params = {"conv": {"kernel": jnp.array([1.0, -2.0])}, "norm": {"bias": jnp.array([0.5])}}
+  grads = [({"conv": {"kernel": np.array([0.5, 0.1])}, "norm": {"bias": np.array([0.2])}}),
+           ({"conv": {"kernel": np.array([-0.3, 0.2])}, "norm": {"bias": np.array([-0.4])}}),
+           ({"conv": {"kernel": np.array([0.05, -1.0])}, "norm": {"bias": np.array([0.1])}})]
+  state = tx.init(params)
+  w, b = {"kernel": np.array([1.0, -2.0]), "bias": np.array([0.5])}, {"kernel": 0.0, "bias": 0.0}
+  for i, grad in enumerate(grads):
+    updates, state = tx.update(jax.tree.map(jnp.float32, grad), state, params)
+    params = optax.apply_updates(params, updates)
+    for name, value in (("kernel", grad["conv"]["kernel"]), ("bias", grad["norm"]["bias"])):
+      g = value + (wd * w[name] if name == "kernel" else 0.0)
+      b[name] = m * b[name] + g
+      w[name] = w[name] - lr * (g + m * b[name] if nesterov else b[name])
+    if i == 0:  # by hand: g = 0.5 + 0.01 = 0.51, b = 0.51; Nesterov steps 0.1 x 1.9 x 0.51
+      np.testing.assert_allclose(params["conv"]["kernel"][0],
+                                 1 - 0.1 * (1.9 if nesterov else 1.0) * 0.51, rtol=1e-6)
+    np.testing.assert_allclose(params["conv"]["kernel"], w["kernel"], rtol=1e-5)
+    np.testing.assert_allclose(params["norm"]["bias"], w["bias"], rtol=1e-5)
+
+
+def test_adamw_decays_kernels_decoupled():
   w, g = jnp.array([1.0, 2.0]), jnp.array([0.5, -0.5])
-  sgd = optim.create_optimizer(_config(**{"optimizer.name": "sgd", "optimizer.nesterov": True,
-                                          "optimizer.weight_decay": 0.0}), lambda _: 0.1)
-  ref = optax.sgd(0.1, momentum=0.9, nesterov=True)
-  np.testing.assert_allclose(sgd.update(g, sgd.init(w), w)[0], ref.update(g, ref.init(w), w)[0])
   adamw = optim.create_optimizer(_config(**{"optimizer.name": "adamw", "optimizer.eps": 1e-8,
                                             "optimizer.weight_decay": 0.05}), lambda _: 0.1)
   params = {"conv": {"kernel": w}, "norm": {"scale": w}}

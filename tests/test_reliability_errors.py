@@ -1,20 +1,20 @@
 """Bad input gets clear errors before anything is compiled or written: bad configurations, and a
-read-only workdir (a read-only tmpfs when this process may mount one, as root with CAP_SYS_ADMIN;
-otherwise writes below it are made to fail with EROFS). A full disk and NaN gradients in the middle
-of a run are tested in test_reliability.py.
+read-only workdir; and a workdir that turns read-only in the middle of a run (tests/read_only.py:
+a read-only bind mount or the immutable attribute as root, file modes otherwise; skipped where none
+works). A full disk and NaN gradients in the middle of a run are tested in test_reliability.py.
 """
 
-import builtins
-import contextlib
-import errno
 import os
-import subprocess
+import re
+import time
 
 import jax
 import pytest
 
 from mobilenet_jax import train
-from mobilenet_jax.train import steps
+from mobilenet_jax.train import metrics, steps
+
+from read_only import ReadOnly, Unavailable
 
 
 def _config(**changes):
@@ -46,14 +46,18 @@ BAD_CONFIGS = [
     ({"resolution": 16}, r"resolution must be >= 32.*got 16"),
     ({"model.name": "mobilenet_v2", "model.expansion": 0.5},
      r"model.expansion must be >= 1.*got 0.5"),
-    ({"dataset.name": "no_such_dataset_xyz"}, r"no_such_dataset_xyz"),
-    ({"dataset.name": "folder", "dataset.data_dir": "/no/such/folder"}, r"/no/such/folder"),
+    ({"dataset.name": "no_such_dataset_xyz"}, r"Unknown dataset .*'no_such_dataset_xyz'"),
 ]
+NOT_READY = ({"dataset.name": "folder", "dataset.data_dir": "/no/such/folder"},
+             r"/no/such/folder has no train/ sub-folder")
 
 
-@pytest.mark.parametrize("changes,message", BAD_CONFIGS, ids=lambda x: str(x)[:40])
+@pytest.mark.parametrize("changes,message", [*BAD_CONFIGS, NOT_READY], ids=lambda x: str(x)[:40])
 def test_bad_config_fails_before_compiling_or_writing(changes, message, tmp_path, no_compile):
-  with pytest.raises(Exception, match=message):
+  from mobilenet_jax.data.sources import DatasetNotReadyError  # a FileNotFoundError
+
+  error = DatasetNotReadyError if (changes, message) == NOT_READY else ValueError
+  with pytest.raises(error, match=message):
     train.train_and_evaluate(_config(**changes), str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
@@ -79,36 +83,73 @@ def test_batch_size_must_divide_over_the_devices(tmp_path, monkeypatch, no_compi
   assert not (tmp_path / "run").exists()
 
 
-@contextlib.contextmanager
-def _read_only_directory(path, monkeypatch):
-  """`path` on a read-only tmpfs if this process may mount one; else writes below it fail."""
-  os.makedirs(path)
-  try:
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", path],
-                             capture_output=True).returncode == 0
-  except OSError:  # no mount command
-    mounted = False
-  if not mounted:
-    def refuse_under(real):
-      def guarded(target, *args, **kwargs):
-        if (isinstance(target, (str, os.PathLike)) and
-            os.path.abspath(os.fspath(target)).startswith(path + os.sep)):
-          raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(target))
-        return real(target, *args, **kwargs)
-      return guarded
-
-    monkeypatch.setattr(builtins, "open", refuse_under(builtins.open))
-    monkeypatch.setattr(os, "makedirs", refuse_under(os.makedirs))
-  try:
-    yield
-  finally:
-    if mounted:
-      subprocess.run(["umount", path], check=True)
+@pytest.fixture
+def read_only_possible(tmp_path):
+  """Skips the test (with the reasons) where no mechanism makes a directory read-only here."""
+  os.makedirs(tmp_path / "probe")
+  with ReadOnly(str(tmp_path / "probe")) as probe:
+    try:
+      probe.make()
+    except Unavailable as e:
+      pytest.skip(str(e))
 
 
-def test_read_only_workdir_is_a_clear_error(tmp_path, monkeypatch, no_compile):
-  read_only = str(tmp_path / "read_only")
-  with _read_only_directory(read_only, monkeypatch):
+def test_read_only_workdir_is_a_clear_error(tmp_path, no_compile, read_only_possible):
+  directory = str(tmp_path / "read_only")
+  os.makedirs(directory)
+  with ReadOnly(directory) as read_only:
+    read_only.make()
     with pytest.raises(OSError, match="cannot write to workdir .*read_only/run.*writable"):
-      train.train_and_evaluate(_config(), os.path.join(read_only, "run"))
-    assert not os.path.exists(os.path.join(read_only, "run"))
+      train.train_and_evaluate(_config(), os.path.join(directory, "run"))
+    assert not os.path.exists(os.path.join(directory, "run"))
+
+
+def test_metrics_write_to_a_workdir_turned_read_only_is_a_clear_error(tmp_path,
+                                                                       read_only_possible):
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  writer = metrics.MetricWriter(workdir, tensorboard=False)
+  writer.write(1, {"train_loss": 1.5})
+  with ReadOnly(workdir) as read_only:
+    read_only.make()
+    with pytest.raises(OSError, match=r"could not write metrics to .*run/metrics.jsonl: .*\(is the "
+                                      r"disk full or the workdir read-only\?\)"):
+      writer.write(2, {"train_loss": 1.25})
+  assert train.read_metrics(workdir) == [{"step": 1, "train_loss": 1.5}]
+
+
+def test_workdir_read_only_mid_run_keeps_the_latest_complete_checkpoint(tmp_path, monkeypatch,
+                                                                        read_only_possible):
+  """Checkpoints every 2 steps; once step 2's is committed the workdir turns read-only (when the
+  loop asks for batch 4): saving step 4 fails with a clear OSError, step 2 stays the latest."""
+  from mobilenet_jax import data
+  import orbax.checkpoint as ocp
+
+  workdir = str(tmp_path / "run")
+  committed = os.path.join(workdir, "checkpoints", "2")
+  read_only = ReadOnly(workdir)
+  create = data.create_train_iterator
+
+  def read_only_from_batch_4(*args, **kwargs):
+    for n, batch in enumerate(create(*args, **kwargs), 1):
+      if n == 4:
+        deadline = time.monotonic() + 120
+        while not os.path.isdir(committed) and time.monotonic() < deadline:
+          time.sleep(0.05)
+        read_only.make()
+      yield batch
+
+  monkeypatch.setattr(data, "create_train_iterator", read_only_from_batch_4)
+  config = _config(checkpoint_every_steps=2, log_every_steps=100, keep_checkpoints=5)
+  with read_only:
+    with pytest.raises(OSError) as error:
+      train.train_and_evaluate(config, workdir)
+    message = str(error.value)
+    assert read_only.how, message   # it did turn read-only (the error is not from elsewhere)
+    assert re.search(r"could not write the checkpoint of step 4 to .*run/checkpoints: .*\(is the "
+                     r"disk full or the workdir read-only\?\); the previous complete checkpoint "
+                     r"stays the latest", message), message
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+  assert ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).latest_step() == 2
+  state = ocp.StandardCheckpointer().restore(os.path.join(committed, "state"))
+  assert int(state["step"]) == 2

@@ -53,9 +53,13 @@ class Checkpointer:
     self._ocp = ocp
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self.meta = meta or {}
+    # The step directory is created before `save` returns, not in the background: where that fails
+    # (a read-only or full workdir), Orbax's other background writers would otherwise wait for its
+    # signal until their 300 s timeout, and the process could not exit before.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep if keep > 0 else None, enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True, create=True)
+        cleanup_tmp_directories=True, create=True,
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     try:
       self.manager = ocp.CheckpointManager(
           self.directory, options=options,
@@ -66,6 +70,7 @@ class Checkpointer:
                     "writable --workdir") from e
     self.preempted = False
     self._write_failed = False
+    self._in_flight: Optional[int] = None   # the step of the last (async) save started
     self._previous_handler = None
     # Several processes: SIGTERM stays with JAX's preemption notifier (jax.distributed), which
     # agrees on one step with every process; a Python handler here would replace it, and each
@@ -94,23 +99,32 @@ class Checkpointer:
                    "workdir read-only?); the previous complete checkpoint stays the latest")
 
   def save(self, step: int, state: Any) -> None:
-    """Starts an (async) save of `state` at `step`; errors say where and why."""
+    """Starts an (async) save of `state` at `step`; errors say where and why.
+
+    A failure of the previous async save surfaces here and is reported with that save's step
+    (Orbax waits for it before starting the next one).
+    """
     ocp = self._ocp
+    self.wait()
     try:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta)), force=True)
-    except (OSError, ValueError) as e:  # this save, or the previous async one
+    except (OSError, ValueError) as e:
       if not _is_write_failure(e):
         raise
       raise self._write_error(e, f"the checkpoint of step {step}") from e
+    self._in_flight = step
 
   def wait(self) -> None:
+    """Waits for the save in flight; its failure is a clear error naming its step."""
+    step, self._in_flight = self._in_flight, None
     try:
       self.manager.wait_until_finished()
     except (OSError, ValueError) as e:
       if not _is_write_failure(e):
         raise
-      raise self._write_error(e, "a checkpoint") from e
+      raise self._write_error(e, "a checkpoint" if step is None else
+                              f"the checkpoint of step {step}") from e
 
   def check_compatible(self, step: int, target: Any) -> None:
     """Raises ValueError naming the first mismatching parameter when the checkpoint of `step` was

@@ -58,8 +58,12 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    try:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    except OSError as e:
+      raise OSError(f"could not write metrics to {self.path}: {e} (is the disk full or the workdir "
+                    "read-only?)") from e
     if self._tb is not None:
       for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
