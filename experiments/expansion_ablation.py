@@ -10,14 +10,17 @@ section 4, Tables 6-7): same machinery, another knob. For every variant it measu
   images/s          measured here: the train step and the eval (inference) step of
                     `mobilenet_jax.train`, best of `timing_repeats` windows of `timing_steps` calls
   top-1             eval accuracy after `mobilenet_jax.train.train_and_evaluate`, one run per seed
-                    (mean, sample standard deviation, every seed's value)
+                    (mean, sample standard deviation, the 95% confidence interval of the mean over
+                    seeds from Student's t, every seed's value)
 
 and writes `<study>.csv`, `<study>.json`, `<study>.md` and two plots to the output folder.
 
     python experiments/expansion_ablation.py                       # both studies, embedded digits
     python experiments/expansion_ablation.py --study=expansion --ts=1,4,6,1-6-6-6-2-2-2 --seeds=0,1
     python experiments/expansion_ablation.py --quick --out=/tmp/ablation        # a smoke run
-    python experiments/expansion_ablation.py --dataset=cifar10 --epochs=30      # a real study
+    python experiments/expansion_ablation.py --study=expansion --config=configs/cifar10.py \
+        --dataset=folder --data_dir=/data/cifar10-jpeg.tar.gz --width=0.35 --ts=1,2,4,6,8,10 \
+        --out=experiments/results/cifar10                        # the CIFAR-10 study (README)
 
 The notebook `expansion_ablation.ipynb` calls the same functions and shows the tables and plots.
 """
@@ -63,6 +66,7 @@ class AblationSettings:
     its t=1, as in the paper), a 7-tuple sets each stage (a per-stage pattern).
   v1_widths: alpha values at the largest of v1_resolutions (V1 Table 6); v1_resolutions: rho values,
     as input sizes, at the first width (V1 Table 7).
+  width: the V2 width multiplier, or several (the expansion study then runs every t at each width).
   dataset, data_dir, width, resolution, batch_size, epochs, steps: None keeps the recipe's value.
   fast_compile: `jax_disable_most_optimizations` (quick runs: compile time dominates; slower steps).
   """
@@ -70,7 +74,7 @@ class AblationSettings:
   v1_config: Optional[str] = None
   dataset: Optional[str] = None
   data_dir: Optional[str] = None
-  width: Optional[float] = None
+  width: Optional[Union[float, tuple[float, ...]]] = None
   resolution: Optional[int] = None
   ts: tuple[Expansion, ...] = (1, 2, 3, 4, 6, 8, (1, 6, 6, 6, 2, 2, 2), (1, 2, 2, 2, 6, 6, 6))
   v1_widths: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
@@ -140,13 +144,18 @@ def parse_ts(text: str) -> tuple[Expansion, ...]:
   return tuple(values)
 
 
-def expansion_variants(ts: Sequence[Expansion], width: float, resolution: int) -> list[Variant]:
-  """One MobileNetV2 per t (a number or a per-stage pattern), validated before anything runs."""
+def expansion_variants(ts: Sequence[Expansion], width: Union[float, Sequence[float]],
+                       resolution: int) -> list[Variant]:
+  """One MobileNetV2 per t (a number or a per-stage pattern) and width, validated before anything
+  runs. With several widths the labels name both knobs ("w=0.35 t=6")."""
+  widths = (width,) if isinstance(width, (int, float)) else tuple(width)
+  stages = [mobilenet_v2.stage_expansions(t) for t in ts]  # clear errors on t < 1 or a bad length
   variants = []
-  for t in ts:
-    stages = mobilenet_v2.stage_expansions(t)  # raises a clear error on t < 1 or a bad length
-    variants.append(Variant("expansion", f"t={format_t(t)}", "mobilenet_v2", width, resolution,
-                            stages, format_t(t)))
+  for w in widths:
+    prefix = f"w={w:g} " if len(widths) > 1 else ""
+    for t, expansion in zip(ts, stages):
+      variants.append(Variant("expansion", f"{prefix}t={format_t(t)}", "mobilenet_v2", w,
+                              resolution, expansion, format_t(t)))
   return variants
 
 
@@ -237,12 +246,13 @@ def schedule_length(config, num_train_examples: int) -> tuple[int, int]:
 # Measurements
 
 
-def measure_costs(variant: Variant, num_classes: int) -> dict[str, Any]:
-  """Params and MAdds (shape inference only) and, for V2, the expanded width of every block."""
+def measure_costs(variant: Variant, num_classes: int, small_input: int = 0) -> dict[str, Any]:
+  """Params and MAdds (shape inference only) and, for V2, the expanded width of every block;
+  `small_input` as the recipe's model option (stride-1 stem for 32x32 datasets)."""
   import jax
   import jax.numpy as jnp
 
-  options = dict(width_multiplier=variant.width, num_classes=num_classes)
+  options = dict(width_multiplier=variant.width, num_classes=num_classes, small_input=small_input)
   if variant.expansion is not None:
     options["expansion"] = variant.expansion
   model = mobilenet_jax.create_model(variant.model, **options)
@@ -379,7 +389,7 @@ def measure_variant(base, variant: Variant, settings: AblationSettings, workdir:
   row: dict[str, Any] = {"study": variant.study, "variant": variant.label, "model": variant.model,
                          "width": variant.width, "resolution": variant.resolution,
                          "t": variant.t}
-  row.update(measure_costs(variant, info.num_classes))
+  row.update(measure_costs(variant, info.num_classes, base.model.get("small_input", 0)))
   row["load_avg"] = _load_average()
   row.update(measure_step(config, info.num_classes, info.num_train_examples,
                           settings.timing_steps, settings.timing_repeats))
@@ -388,11 +398,30 @@ def measure_variant(base, variant: Variant, settings: AblationSettings, workdir:
   row.update(
       top1_mean=statistics.fmean(accuracies),
       top1_std=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+      top1_ci95=confidence_half_width(accuracies),
       top1_min=min(accuracies), top1_max=max(accuracies),
       top1_per_seed=";".join(f"{a:.4f}" for a in accuracies),
       seeds=len(accuracies), train_steps=runs[0]["steps"],
       train_wall_s=sum(r["wall_s"] for r in runs))
   return row
+
+
+def confidence_half_width(values: Sequence[float], level: float = 0.95) -> float:
+  """Half-width of the `level` confidence interval of the mean of `values` (independent seeds):
+  t_{(1+level)/2, n-1} * s / sqrt(n), Student's t; 0 for a single value."""
+  if len(values) < 2:
+    return 0.0
+  from scipy import stats
+
+  n = len(values)
+  return float(stats.t.ppf((1 + level) / 2, n - 1) * statistics.stdev(values) / math.sqrt(n))
+
+
+def intervals_separated(a: dict[str, Any], b: dict[str, Any]) -> bool:
+  """Whether two rows' 95% intervals of the mean top-1 do not overlap."""
+  low_a, high_a = a["top1_mean"] - a["top1_ci95"], a["top1_mean"] + a["top1_ci95"]
+  low_b, high_b = b["top1_mean"] - b["top1_ci95"], b["top1_mean"] + b["top1_ci95"]
+  return high_a < low_b or high_b < low_a
 
 
 # ------------------------------------------------------------------------------------------------
@@ -485,14 +514,21 @@ def run_or_load(study: str, settings: AblationSettings, out_dir: str, workdir: s
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
   lines = ["| variant | params | MAdds (M) | train peak MiB | infer img/s | train img/s | "
-           "top-1 % (mean ± std) | seeds |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "top-1 % (mean ± 95% CI) | std | seeds |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(f"| {r['variant']} | {int(r['params']):,} | {float(r['madds']) / 1e6:.2f} | "
                  f"{float(r['train_peak_mib']):.1f} | {float(r['infer_images_per_sec']):,.0f} | "
                  f"{float(r['train_images_per_sec']):,.0f} | {100 * float(r['top1_mean']):.2f} ± "
-                 f"{100 * float(r['top1_std']):.2f} | {r['seeds']} |")
+                 f"{100 * _ci95(r):.2f} | {100 * float(r['top1_std']):.2f} | {r['seeds']} |")
   return "\n".join(lines)
+
+
+def _ci95(row: dict[str, Any]) -> float:
+  """The row's 95% half-width (rows written before it was recorded: from the per-seed values)."""
+  if "top1_ci95" in row:
+    return float(row["top1_ci95"])
+  return confidence_half_width([float(x) for x in str(row["top1_per_seed"]).split(";") if x])
 
 
 def _pyplot():
@@ -507,17 +543,17 @@ def _short_label(row: dict[str, Any]) -> str:
 
 
 def plot_accuracy_vs_madds(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
-  """Top-1 (mean ± std over seeds) against MAdds, each point labelled with its knob values."""
+  """Top-1 (mean ± 95% CI over seeds) against MAdds, each point labelled with its knob values."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for r in rows:
-    x, y, err = float(r["madds"]) / 1e6, 100 * float(r["top1_mean"]), 100 * float(r["top1_std"])
+    x, y, err = float(r["madds"]) / 1e6, 100 * float(r["top1_mean"]), 100 * _ci95(r)
     pattern = "-" in str(r.get("t", ""))
     ax.errorbar(x, y, yerr=err, fmt="s" if pattern else "o", capsize=3,
                 color="tab:orange" if pattern else "tab:blue")
     ax.annotate(_short_label(r), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
   ax.set_xlabel("multiply-adds per image (millions)")
-  ax.set_ylabel("eval top-1 (%), mean ± std over seeds")
+  ax.set_ylabel("eval top-1 (%), mean ± 95% CI over seeds")
   ax.set_title(f"{title}: accuracy vs MAdds", fontsize=10)
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -530,7 +566,7 @@ COST_PANELS = (("params", 1e-6, "params (millions)"),
                ("train_peak_mib", 1.0, "train step peak memory (MiB)"),
                ("infer_images_per_sec", 1.0, "inference images/s"),
                ("train_images_per_sec", 1.0, "training images/s"),
-               ("top1_mean", 100.0, "eval top-1 (%)"))
+               ("top1_mean", 100.0, "eval top-1 (%), 95% CI"))
 
 
 def plot_costs(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
@@ -541,7 +577,7 @@ def plot_costs(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
   labels = [_short_label(r) for r in rows]
   for ax, (key, scale, name) in zip(axes.flat, COST_PANELS):
     values = [float(r[key]) * scale for r in rows]
-    errors = ([100 * float(r["top1_std"]) for r in rows] if key == "top1_mean" else None)
+    errors = ([100 * _ci95(r) for r in rows] if key == "top1_mean" else None)
     ax.bar(range(len(rows)), values, yerr=errors, capsize=3, color="tab:blue")
     ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=7)
     ax.set_title(name, fontsize=9)
@@ -583,6 +619,11 @@ def _floats(text: str) -> tuple[float, ...]:
   return tuple(float(x) for x in text.split(",") if x.strip())
 
 
+def _width(text: str) -> Union[float, tuple[float, ...]]:
+  widths = _floats(text)
+  return widths[0] if len(widths) == 1 else widths
+
+
 def _ints(text: str) -> tuple[int, ...]:
   return tuple(int(x) for x in text.split(",") if x.strip())
 
@@ -600,9 +641,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--quick", action="store_true", help="smoke run: " + quick_settings.__doc__)
   p.add_argument("--config", default=defaults.config, help="training recipe FILE[:ARG]")
   p.add_argument("--v1_config", default=None, help="recipe of the V1 study (default: --config)")
-  p.add_argument("--dataset", default=None, help="digits (embedded), cifar10, imagenette, ...")
-  p.add_argument("--data_dir", default=None, help="TFDS data directory")
-  p.add_argument("--width", type=float, default=None, help="V2 width multiplier (default: recipe's)")
+  p.add_argument("--dataset", default=None,
+                 help="digits (embedded), cifar10, imagenette, ... (tfds), or folder")
+  p.add_argument("--data_dir", default=None,
+                 help="TFDS data directory; for --dataset=folder the image folder or its archive")
+  p.add_argument("--width", type=_width, default=None,
+                 help="V2 width multiplier, or several: 0.35,1.0 (default: the recipe's)")
   p.add_argument("--resolution", type=int, default=None, help="V2 input size (default: recipe's)")
   p.add_argument("--ts", type=parse_ts, default=None,
                  help="t values and per-stage patterns, e.g. 1,2,3,4,6,8,1-6-6-6-2-2-2 (default: "

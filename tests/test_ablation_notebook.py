@@ -22,7 +22,7 @@ import expansion_ablation as ea  # noqa: E402
 
 NOTEBOOK = os.path.join(EXPERIMENTS, "expansion_ablation.ipynb")
 NUMERIC = ("params", "madds", "train_peak_mib", "train_temp_mib", "eval_peak_mib",
-           "train_images_per_sec", "infer_images_per_sec", "top1_mean", "top1_std")
+           "train_images_per_sec", "infer_images_per_sec", "top1_mean", "top1_std", "top1_ci95")
 
 
 def _digest(folder):
@@ -148,3 +148,27 @@ def test_quick_mode_refuses_the_committed_results_folder():
   with pytest.raises(ValueError, match="must not replace the committed"):
     ea.check_out_dir(ea.COMMITTED_RESULTS, quick=True)
   ea.check_out_dir(ea.COMMITTED_RESULTS, quick=False)
+
+
+def test_confidence_interval_is_students_t_over_seeds():
+  # t_{0.975, 2} = 4.302653 (two degrees of freedom); s = 0.1, n = 3.
+  assert ea.confidence_half_width([0.1, 0.2, 0.3]) == pytest.approx(4.302653 * 0.1 / 3 ** 0.5)
+  assert ea.confidence_half_width([0.5]) == 0.0
+  a = {"top1_mean": 0.80, "top1_ci95": 0.01}
+  assert ea.intervals_separated(a, {"top1_mean": 0.83, "top1_ci95": 0.01})
+  assert not ea.intervals_separated(a, {"top1_mean": 0.81, "top1_ci95": 0.01})
+  row = {"variant": "t=6", "params": 1, "madds": 1e6, "train_peak_mib": 1, "seeds": 3,
+         "infer_images_per_sec": 1, "train_images_per_sec": 1, "top1_mean": 0.2, "top1_std": 0.1,
+         "top1_per_seed": "0.1000;0.2000;0.3000"}   # a row written before top1_ci95 existed
+  assert "| 20.00 ± 24.84 | 10.00 | 3 |" in ea.markdown_table([row])
+
+
+def test_several_widths_and_the_small_input_option():
+  variants = ea.expansion_variants([1, 6], (0.35, 1.0), 32)
+  assert [v.label for v in variants] == ["w=0.35 t=1", "w=0.35 t=6", "w=1 t=1", "w=1 t=6"]
+  assert [v.label for v in ea.expansion_variants([1, 6], 0.35, 32)] == ["t=1", "t=6"]
+  plain = ea.measure_costs(variants[1], 10)
+  small = ea.measure_costs(variants[1], 10, small_input=1)   # the stem at stride 1
+  assert small["params"] == plain["params"] and small["madds"] > 3 * plain["madds"]
+  assert ea.parse_args(["--width=0.35,1"]).width == (0.35, 1.0)
+  assert ea.parse_args(["--width=0.5"]).width == 0.5
