@@ -239,6 +239,23 @@ def test_same_seed_gives_identical_metrics(runs):
   assert {"eval_loss", "eval_top1", "ema_eval_top1"} <= set(expected[-1])
 
 
+def _differing_variables(want, have):
+  """{'params/blocks_1/...': (shape in `want`, shape in `have`)} for every variable path whose
+  shape differs between two (model name, width) networks of this module's job (shape inference)."""
+  from flax import traverse_util
+
+  import mobilenet_jax
+
+  def shapes(name, width):
+    model = mobilenet_jax.create_model(name, width_multiplier=width, num_classes=10)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                                  jax.numpy.zeros((1, 32, 32, 3)), train=False))
+    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
+
+  a, b = shapes(*want), shapes(*have)
+  return {p: (a.get(p), b.get(p)) for p in set(a) | set(b) if a.get(p) != b.get(p)}
+
+
 def _config(**changes):
   config = train.base_config()
   config.update_from_flattened_dict({**OVERRIDES, **changes})
@@ -260,8 +277,15 @@ def refused(runs):
 
 def test_checkpoint_of_another_model_in_the_workdir_is_refused_untouched(refused):
   wider, other = refused["errors"]
-  assert re.search(r"blocks_\d+/\S+: expected shape \(.*\), found \(", wider), wider
-  assert re.search(r"mobilenet_v3_small_minimal.*\w+/\S+: (expected|unexp)", other), other
+  # The path each error names is one where the two networks really differ, with both shapes.
+  for error, config_model in ((wider, ("mobilenet_v3_small_minimal", 0.5)),
+                              (other, ("mobilenet_v2", 0.35))):
+    differ = _differing_variables(config_model, ("mobilenet_v3_small_minimal", 0.35))
+    named = [(p, shapes) for p, shapes in differ.items() if f"{p}: expected shape" in error]
+    assert len(named) == 1, error
+    path, (expected, found) = named[0]
+    assert f"{path}: expected shape {expected}, found {found}" in error, error
+  assert "mobilenet_v3_small_minimal" in other
   untouched = lambda snapshot: {k: v for k, v in snapshot.items() if k != "config.json"}
   assert untouched(refused["after"]) == untouched(refused["before"])  # checkpoints, metrics
 
@@ -280,7 +304,11 @@ def test_init_from_another_architecture_names_the_first_mismatch(runs, tmp_path)
                              {"params": state["params"], "batch_stats": state["batch_stats"]})
   before = _snapshot(source)
   config = _config(**{"model.name": "mobilenet_v2", "init_from": source})
-  with pytest.raises(ValueError, match=r"does not fit.*params/\w+/\S+: (expected shape|unexp)"):
+  differ = _differing_variables(("mobilenet_v2", 0.35), ("mobilenet_v3_small_minimal", 0.35))
+  path = min(p for p in differ if p.startswith("params/"))   # parameters first, in sorted order
+  expected, found = differ[path]
+  with pytest.raises(ValueError, match=re.escape(
+      f"does not fit this config's model: {path}: expected shape {expected}, found {found}")):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert _snapshot(source) == before
   assert committed_steps(str(tmp_path / "run")) == []
