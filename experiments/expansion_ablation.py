@@ -419,9 +419,38 @@ def confidence_half_width(values: Sequence[float], level: float = 0.95) -> float
 
 def intervals_separated(a: dict[str, Any], b: dict[str, Any]) -> bool:
   """Whether two rows' 95% intervals of the mean top-1 do not overlap."""
-  low_a, high_a = a["top1_mean"] - a["top1_ci95"], a["top1_mean"] + a["top1_ci95"]
-  low_b, high_b = b["top1_mean"] - b["top1_ci95"], b["top1_mean"] + b["top1_ci95"]
+  low_a, high_a = float(a["top1_mean"]) - _ci95(a), float(a["top1_mean"]) + _ci95(a)
+  low_b, high_b = float(b["top1_mean"]) - _ci95(b), float(b["top1_mean"]) + _ci95(b)
   return high_a < low_b or high_b < low_a
+
+
+def expansion_claim(rows: Sequence[dict[str, Any]], low: float = 5, high: float = 10) -> str:
+  """The V2 paper's claim (section 4: expansion rates between 5 and 10 give nearly the same
+  accuracy) checked on a study's rows, one paragraph per width: the spread of the mean top-1 over
+  the single t values in [low, high], whether their 95% intervals all overlap, and whether t=1 and
+  t=6 are separated by their intervals."""
+  lines = []
+  for width in sorted({float(r["width"]) for r in rows}):
+    by_t = {float(r["t"]): r for r in rows
+            if float(r["width"]) == width and "-" not in str(r["t"])}
+    inside = [by_t[t] for t in sorted(by_t) if low <= t <= high]
+    text = f"width {width:g}:"
+    if len(inside) >= 2:
+      means = [100 * float(r["top1_mean"]) for r in inside]
+      pairs = [(a, b) for i, a in enumerate(inside) for b in inside[i + 1:]]
+      apart = [f"t={a['t']} vs t={b['t']}" for a, b in pairs if intervals_separated(a, b)]
+      text += (f" t in [{low:g}, {high:g}] ({', '.join('t=' + r['t'] for r in inside)}): top-1 "
+               f"{min(means):.2f}-{max(means):.2f}% (spread {max(means) - min(means):.2f} points); "
+               + ("every pair's 95% intervals overlap" if not apart else
+                  "separated by their 95% intervals: " + ", ".join(apart)) + ".")
+    if 1.0 in by_t and 6.0 in by_t:
+      one, six = by_t[1.0], by_t[6.0]
+      text += (f" t=1 {100 * one['top1_mean']:.2f} ± {100 * _ci95(one):.2f}% against t=6 "
+               f"{100 * six['top1_mean']:.2f} ± {100 * _ci95(six):.2f}%: "
+               + ("separated" if intervals_separated(one, six) else "not separated")
+               + " by their 95% intervals.")
+    lines.append(text)
+  return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------

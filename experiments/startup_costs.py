@@ -7,6 +7,8 @@ step, and what the test suite's and the training job's start-up choices save.
 - first_logits: seconds from `import mobilenet_jax` to the first logits of one 224x224 image, the
   README's way (`create_model`, `mj.init_variables`, `jax.jit(model.apply)`, with the compilation
   cache on), for V2 and V3-Large: cold (an empty compilation cache) and warm (a second process).
+- readme_snippet: the README's first Python snippet (the model zoo's), run whole in a fresh process
+  with the project's default compilation cache pointed at an empty folder (cold) and again (warm).
 - main_job: the main job's first step (`first step (compilation included) took ...` in its log) on
   a first start (empty compilation cache) and on a second start (another workdir, same cache).
 - init: `model.init` of V3-Large at 224 compiled as `jax.jit` does, and as `mj.init_variables` does
@@ -42,7 +44,8 @@ VARIANTS = {
     "init": {"jax.jit(model.init)": "jit", "mj.init_variables": "init_variables"},
 }
 # Studies that run a sequence of processes sharing one compilation cache (cold, then warm).
-CACHE_STUDIES = ("first_logits", "main_job")
+CACHE_STUDIES = ("first_logits", "readme_snippet", "main_job")
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 FIRST_LOGITS_MODELS = ("mobilenet_v2", "mobilenet_v3_large")
 
 
@@ -56,6 +59,24 @@ def _first_logits(name: str) -> float:
   model = mj.create_model(name)
   variables = mj.init_variables(model, resolution=224, seed=0)
   jax.block_until_ready(jax.jit(model.apply)(variables, jnp.zeros((1, 224, 224, 3))))
+  return time.perf_counter() - start
+
+
+def readme_snippet() -> str:
+  """The README's first ```python block, with the compilation cache switched on in the given folder
+  (as `mj.enable_compilation_cache()` would do in the user's cache folder)."""
+  with open(README) as f:
+    text = f.read()
+  code = text.split("```python\n", 1)[1].split("```", 1)[0]
+  return ("import os, mobilenet_jax\n"
+          "mobilenet_jax.enable_compilation_cache(os.environ['STARTUP_CACHE'])\n" + code)
+
+
+def _readme_snippet_seconds(cache: str) -> float:
+  """Wall seconds of a fresh Python process running the README's snippet, start-up included."""
+  start = time.perf_counter()
+  subprocess.run([sys.executable, "-c", readme_snippet()], check=True, capture_output=True,
+                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", STARTUP_CACHE=cache))
   return time.perf_counter() - start
 
 
@@ -75,7 +96,8 @@ def _main_job_first_step(cache: str) -> float:
 
 def cache_study(study: str, repeats: int) -> None:
   """Cold (empty cache) and warm (second process, same cache) seconds, medians of `repeats` pairs."""
-  cases = FIRST_LOGITS_MODELS if study == "first_logits" else ("default job",)
+  cases = {"first_logits": FIRST_LOGITS_MODELS, "readme_snippet": ("model zoo snippet",)
+           }.get(study, ("default job",))
   for case in cases:
     seconds = {"cold": [], "warm": []}
     for _ in range(repeats):
@@ -83,6 +105,9 @@ def cache_study(study: str, repeats: int) -> None:
         for label in seconds:
           if study == "main_job":
             seconds[label].append(_main_job_first_step(cache))
+            continue
+          if study == "readme_snippet":
+            seconds[label].append(_readme_snippet_seconds(cache))
             continue
           out = subprocess.run([sys.executable, __file__, "--child", study, case],
                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", STARTUP_CACHE=cache),

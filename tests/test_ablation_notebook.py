@@ -21,15 +21,20 @@ sys.path.insert(0, EXPERIMENTS)
 import expansion_ablation as ea  # noqa: E402
 
 NOTEBOOK = os.path.join(EXPERIMENTS, "expansion_ablation.ipynb")
+CIFAR_RESULTS = os.path.join(ea.COMMITTED_RESULTS, "cifar10")
 NUMERIC = ("params", "madds", "train_peak_mib", "train_temp_mib", "eval_peak_mib",
            "train_images_per_sec", "infer_images_per_sec", "top1_mean", "top1_std", "top1_ci95")
 
 
 def _digest(folder):
-  if not os.path.isdir(folder):
-    return {}
-  return {name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest()
-          for name in sorted(os.listdir(folder))}
+  """{relative path: sha256} of every file under `folder` (sub-folders included)."""
+  digests = {}
+  for directory, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(directory, name)
+      with open(path, "rb") as f:
+        digests[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+  return digests
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +111,18 @@ def test_plots_are_written_and_shown_inline(executed):
   inline = [base64.b64decode(o["data"]["image/png"]) for cell in notebook.cells
             if cell.cell_type == "code" for o in cell.get("outputs", [])
             if "image/png" in o.get("data", {})]
-  assert len(inline) == 2 * len(ea.STUDIES) and all(_is_png(d) for d in inline)
+  # The CIFAR-10 section shows the committed study (a table, the claim, two plots), trains nothing.
+  cifar = ea.load_results("expansion", CIFAR_RESULTS)
+  shown = 0 if cifar is None else 1
+  assert len(inline) == 2 * (len(ea.STUDIES) + shown) and all(_is_png(d) for d in inline)
   tables = [o["data"]["text/markdown"] for cell in notebook.cells if cell.cell_type == "code"
             for o in cell.get("outputs", []) if "text/markdown" in o.get("data", {})]
-  assert len(tables) == len(ea.STUDIES) and "| t=1 |" in tables[0]
+  assert len(tables) == len(ea.STUDIES) + shown and "| t=1 |" in tables[0]
+  if cifar is not None:
+    assert tables[-1] == ea.markdown_table(cifar["rows"])
+    printed = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                      for o in cell.get("outputs", []))
+    assert ea.expansion_claim(cifar["rows"]) in printed
 
 
 def test_parse_ts_and_bad_values():
@@ -172,3 +185,18 @@ def test_several_widths_and_the_small_input_option():
   assert small["params"] == plain["params"] and small["madds"] > 3 * plain["madds"]
   assert ea.parse_args(["--width=0.35,1"]).width == (0.35, 1.0)
   assert ea.parse_args(["--width=0.5"]).width == 0.5
+
+
+def test_expansion_claim_reads_the_intervals():
+  def row(t, mean, ci):
+    return {"width": 0.35, "t": t, "top1_mean": mean, "top1_ci95": ci}
+
+  rows = [row("1", 0.50, 0.01), row("6", 0.60, 0.01), row("8", 0.61, 0.01), row("10", 0.64, 0.01),
+          row("1-6-6-6-2-2-2", 0.9, 0.01)]
+  text = ea.expansion_claim(rows)
+  assert text.startswith("width 0.35: t in [5, 10] (t=6, t=8, t=10): top-1 60.00-64.00% (spread "
+                         "4.00 points); separated by their 95% intervals: t=6 vs t=10, t=8 vs t=10.")
+  assert text.endswith("t=1 50.00 ± 1.00% against t=6 60.00 ± 1.00%: separated by their 95% "
+                       "intervals.")
+  rows[3] = row("10", 0.62, 0.01)
+  assert "every pair's 95% intervals overlap" in ea.expansion_claim(rows)
