@@ -5,6 +5,7 @@ Shared by tests/test_reliability.py (one process) and tests/test_multihost.py (t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import subprocess
@@ -87,3 +88,14 @@ def wait_until(condition: Callable[[], bool], processes: Sequence[subprocess.Pop
     assert not ended, f"a process ended (rc {ended}) before {what}\n{output()[-3000:]}"
     assert time.monotonic() < deadline, f"no {what} after {timeout_s}s\n{output()[-3000:]}"
     time.sleep(0.05)
+
+
+def file_digests(directory):
+  """{relative path: sha256} of every file below `directory` (sub-folders included)."""
+  digests = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        digests[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return digests

@@ -6,7 +6,6 @@ ABLATION_QUICK=1 and its outputs in a temp folder; the committed results must st
 
 import base64
 import csv
-import hashlib
 import io
 import json
 import math
@@ -19,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "experiments")
 sys.path.insert(0, EXPERIMENTS)
 import expansion_ablation as ea  # noqa: E402
+from job_runs import file_digests  # noqa: E402
 
 NOTEBOOK = os.path.join(EXPERIMENTS, "expansion_ablation.ipynb")
 CIFAR_RESULTS = os.path.join(ea.COMMITTED_RESULTS, "cifar10")
@@ -26,23 +26,12 @@ NUMERIC = ("params", "madds", "train_peak_mib", "train_temp_mib", "eval_peak_mib
            "train_images_per_sec", "infer_images_per_sec", "top1_mean", "top1_std", "top1_ci95")
 
 
-def _digest(folder):
-  """{relative path: sha256} of every file under `folder` (sub-folders included)."""
-  digests = {}
-  for directory, _, names in os.walk(folder):
-    for name in names:
-      path = os.path.join(directory, name)
-      with open(path, "rb") as f:
-        digests[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-  return digests
-
-
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
   out = tmp_path_factory.mktemp("ablation_out")
-  committed_before = _digest(ea.COMMITTED_RESULTS)
+  committed_before = file_digests(ea.COMMITTED_RESULTS)
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   with pytest.MonkeyPatch.context() as env:  # the kernel inherits this process's environment
     env.setenv("ABLATION_QUICK", "1")
@@ -53,7 +42,7 @@ def executed(tmp_path_factory):
     client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": EXPERIMENTS}})
     client.execute()
-  assert _digest(ea.COMMITTED_RESULTS) == committed_before
+  assert file_digests(ea.COMMITTED_RESULTS) == committed_before
   return notebook, str(out)
 
 

@@ -10,7 +10,6 @@ variables). The subprocesses share a persistent XLA compilation cache, so only t
 (run concurrently) compile.
 """
 
-import hashlib
 import os
 import re
 import shutil
@@ -28,7 +27,8 @@ from mobilenet_jax import train
 
 import fast_compile
 import job_runs
-from job_runs import committed_steps, read_state, resumed_from, steps_run, without_timing
+from job_runs import (committed_steps, file_digests, read_state, resumed_from, steps_run,
+                      without_timing)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -74,17 +74,6 @@ def _signal_at_random_moment(process, ready, max_delay, signum, rng):
   time.sleep(delay)
   process.send_signal(signum)
   return delay
-
-
-def _snapshot(directory):
-  """{relative path: sha256} of every file below `directory`."""
-  digests = {}
-  for root, _, files in os.walk(directory):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        digests[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-  return digests
 
 
 @pytest.fixture(scope="module")
@@ -266,13 +255,13 @@ def _config(**changes):
 def refused(runs):
   """Runs of other models started on the uninterrupted run's workdir; its files before and after."""
   workdir = runs["uninterrupted"]
-  before = _snapshot(workdir)
+  before = file_digests(workdir)
   errors = []
   for changes in ({"model.width_multiplier": 0.5}, {"model.name": "mobilenet_v2"}):
     with pytest.raises(ValueError) as error:
       train.train_and_evaluate(_config(**changes), workdir)
     errors.append(str(error.value))
-  return {"errors": errors, "before": before, "after": _snapshot(workdir)}
+  return {"errors": errors, "before": before, "after": file_digests(workdir)}
 
 
 def test_checkpoint_of_another_model_in_the_workdir_is_refused_untouched(refused):
@@ -302,7 +291,7 @@ def test_init_from_another_architecture_names_the_first_mismatch(runs, tmp_path)
   pretrained.save_pretrained(source, "mobilenet_v3_small_minimal",
                              {"width_multiplier": 0.35, "num_classes": 10},
                              {"params": state["params"], "batch_stats": state["batch_stats"]})
-  before = _snapshot(source)
+  before = file_digests(source)
   config = _config(**{"model.name": "mobilenet_v2", "init_from": source})
   differ = _differing_variables(("mobilenet_v2", 0.35), ("mobilenet_v3_small_minimal", 0.35))
   path = min(p for p in differ if p.startswith("params/"))   # parameters first, in sorted order
@@ -310,5 +299,5 @@ def test_init_from_another_architecture_names_the_first_mismatch(runs, tmp_path)
   with pytest.raises(ValueError, match=re.escape(
       f"does not fit this config's model: {path}: expected shape {expected}, found {found}")):
     train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert _snapshot(source) == before
+  assert file_digests(source) == before
   assert committed_steps(str(tmp_path / "run")) == []
