@@ -19,7 +19,7 @@ and writes `<study>.csv`, `<study>.json`, `<study>.md` and two plots to the outp
     python experiments/expansion_ablation.py --study=expansion --ts=1,4,6,1-6-6-6-2-2-2 --seeds=0,1
     python experiments/expansion_ablation.py --quick --out=/tmp/ablation        # a smoke run
     python experiments/expansion_ablation.py --study=expansion --config=configs/cifar10.py \
-        --dataset=folder --data_dir=/data/cifar10-jpeg.tar.gz --width=0.35 --ts=1,2,4,6,8,10 \
+        --dataset=folder --data_dir=/data/cifar10-jpeg.tar.gz --width=0.35 --ts=1,2,4,6,10 \
         --out=experiments/results/cifar10                        # the CIFAR-10 study (README)
 
 The notebook `expansion_ablation.ipynb` calls the same functions and shows the tables and plots.
