@@ -231,15 +231,14 @@ def test_same_seed_gives_identical_metrics(runs):
 def _differing_variables(want, have):
   """{'params/blocks_1/...': (shape in `want`, shape in `have`)} for every variable path whose
   shape differs between two (model name, width) networks of this module's job (shape inference)."""
-  from flax import traverse_util
-
   import mobilenet_jax
+  from mobilenet_jax.train.checkpointing import shapes_by_path
 
   def shapes(name, width):
     model = mobilenet_jax.create_model(name, width_multiplier=width, num_classes=10)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                                   jax.numpy.zeros((1, 32, 32, 3)), train=False))
-    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
+    return shapes_by_path(variables)
 
   a, b = shapes(*want), shapes(*have)
   return {p: (a.get(p), b.get(p)) for p in set(a) | set(b) if a.get(p) != b.get(p)}
