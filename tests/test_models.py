@@ -14,6 +14,7 @@ from flax import nnx
 
 import mobilenet_jax as mj
 from mobilenet_jax.models import mobilenet_v2, mobilenet_v3
+from mobilenet_jax.models.initialization import trace_init
 
 ALL = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
        "mobilenet_v3_large_minimal", "mobilenet_v3_small_minimal")
@@ -69,7 +70,7 @@ def test_headless_returns_pooled_features(name, width):
 def tiny_v3():
   model = mj.create_model("mobilenet_v3_small", num_classes=5, width_multiplier=0.35)
   x = jax.random.normal(jax.random.key(1), (4, 48, 48, 3))
-  return model, jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x), x
+  return model, mj.init_variables(model, resolution=48, seed=0), x
 
 
 def test_jit_train_step_gradients_reach_every_parameter(tiny_v3):
@@ -97,7 +98,7 @@ def test_jit_train_step_gradients_reach_every_parameter(tiny_v3):
 def test_bf16_compute_keeps_float32_params_and_statistics(tiny_v3):
   model, _, x = tiny_v3
   model = model.clone(dtype=jnp.bfloat16)
-  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)
+  variables = mj.init_variables(model, resolution=48, seed=0)
   for leaf in jax.tree.leaves(variables):
     assert leaf.dtype == jnp.float32
 
@@ -264,7 +265,7 @@ class UserDetector(nn.Module):
 def test_blocks_compose_inside_a_user_module():
   model = UserDetector()
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  variables = jax.jit(model.init)(jax.random.key(1), x)
+  variables = trace_init(lambda key: model.init(key, x), jax.random.key(1)).lower().compile()()
   assert set(variables["params"]["ir2"]) == {"expand", "depthwise", "se", "project"}
   out, updates = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
       variables, x)
@@ -337,8 +338,8 @@ def test_small_input_keeps_the_weights_and_quadruples_the_map_sizes(name):
   twice = plain.clone(small_input=2)
   costs = {c.path: c for c in mj.layer_costs(twice, 32)}
   assert costs["stem/conv"].out_size == (32, 32) and costs["stem/conv"].stride == 1
-  assert twice.apply(twice.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))),
-                     jnp.zeros((1, 8, 8, 3))).shape == (1, 10)
+  assert jax.eval_shape(lambda: twice.apply(twice.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))),
+                                            jnp.zeros((1, 8, 8, 3)))).shape == (1, 10)
 
 
 def test_small_input_madds_by_hand():
