@@ -29,6 +29,9 @@ except ImportError:
 import fast_compile  # noqa: E402
 
 os.environ["XLA_FLAGS"] = fast_compile.xla_flags(os.environ.get("XLA_FLAGS", ""))
+# In the environment, so that the tests' child processes (jobs, CLIs, the notebook's kernel) and
+# xdist's workers compile the same way.
+os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
 
 import jax  # noqa: E402
 

@@ -43,6 +43,9 @@ EVAL_BATCH = 64  # 360 test digits are not a multiple of it: each process pads i
 # Momentum, a cosine schedule, dropout and an EMA: each one breaks an inexact resume.
 OVERRIDES = {
     "model.name": "mobilenet_v3_small_minimal", "model.width_multiplier": 0.35,
+    # XLA's own layers, as on GPUs and TPUs: they trace and compile faster than the XLA:CPU
+    # kernels (2.6 vs 3.8 s and 7.8 vs 10.1 s of CPU for this train step).
+    "model.kernels": "xla",
     "model.bn_momentum": 0.9, "model.dropout_rate": 0.2, "dataset.name": "digits",
     "resolution": 32, "batch_size": 32, "eval_batch_size": EVAL_BATCH,
     "num_train_steps": NUM_STEPS, "optimizer.name": "sgd", "optimizer.momentum": 0.9,
