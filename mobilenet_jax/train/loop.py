@@ -197,7 +197,9 @@ def _train(config, state, train_step, evaluate, checkpointer, writer, total_step
       if interval_start is None:  # the first step includes compilation: time from its end
         jax.block_until_ready(metrics)
         progress.message(f"first step (compilation included) took "
-                         f"{time.perf_counter() - progress.start:.1f}s")
+                         f"{time.perf_counter() - progress.start:.1f}s; the train step was traced "
+                         f"in {train_step.trace_s:.1f}s and compiled (or loaded from the "
+                         f"compilation cache) in {train_step.compile_s:.1f}s")
         interval_start, interval_first = time.perf_counter(), step
         progress.compiled(step)
       progress.update(step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import threading
+import time
 from typing import Any, Callable
 
 import jax
@@ -127,12 +128,18 @@ class BackgroundCompiled:
   def __init__(self, jitted, *abstract_args):
     self._jitted = jitted
     self._future = concurrent.futures.Future()
+    self.trace_s = self.compile_s = None  # seconds to trace and lower, and to compile (or load)
     thread = threading.Thread(target=self._compile, args=abstract_args, daemon=True)
     thread.start()
 
   def _compile(self, *abstract_args):
     try:
-      self._future.set_result(self._jitted.lower(*abstract_args).compile())
+      start = time.perf_counter()
+      lowered = self._jitted.lower(*abstract_args)
+      lowered_at = time.perf_counter()
+      compiled = lowered.compile()
+      self.trace_s, self.compile_s = lowered_at - start, time.perf_counter() - lowered_at
+      self._future.set_result(compiled)
     except BaseException as e:  # pylint: disable=broad-except  # re-raised in the caller
       self._future.set_exception(e)
 
