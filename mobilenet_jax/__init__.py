@@ -2,7 +2,7 @@
 
     import mobilenet_jax as mj
     model = mj.create_model("mobilenet_v3_large", width_multiplier=0.75)
-    variables = mj.init_variables(model, resolution=224, seed=0)  # == model.init(key(0), ...)
+    variables = mj.init_variables(model, resolution=224, seed=0)  # == jax.jit(model.init)(key(0), ...)
     logits = jax.jit(model.apply)(variables, images)
 
 This package namespace imports only jax and flax; training (`mobilenet_jax.train`), data
