@@ -158,6 +158,12 @@ def _latest(start):
 def test_uninterrupted_run_finishes(runs):
   assert runs["reference"]["rc"] == 0, runs["reference"]["output"][-3000:]
   assert committed_steps(runs["uninterrupted"])[-1] == NUM_STEPS
+  # The first step's line says what of it was the train step's tracing and compilation.
+  line = re.search(r"first step \(compilation included\) took ([0-9.]+)s; the train step was "
+                   r"traced in ([0-9.]+)s and compiled \(or loaded from the compilation cache\) "
+                   r"in ([0-9.]+)s", runs["reference"]["output"])
+  assert line, runs["reference"]["output"][-3000:]
+  assert float(line.group(2)) > 0 and float(line.group(3)) > 0
 
 
 def test_random_sigkill_then_resume_continues_from_latest_complete_checkpoint(runs):
