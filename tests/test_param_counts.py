@@ -46,7 +46,7 @@ import json, sys
 import keras
 rows = json.loads(sys.argv[1])
 counts = {}
-for name, app, width, extra in rows:
+for name, width, app, extra in rows:
   model = getattr(keras.applications, app)(input_shape=(224, 224, 3), alpha=width, weights=None,
                                            **extra)
   counts[f"{name} {width}"] = sum(int(w.numpy().size) for w in model.trainable_weights)
@@ -59,8 +59,7 @@ print("COUNTS " + json.dumps(counts))
 def keras_counts():
   if importlib.util.find_spec("keras") is None:
     pytest.skip("keras is not installed")
-  rows = [(name, *KERAS_APPS[name], width) for name, width, _ in PARAM_ROWS]
-  rows = [(name, app, width, extra) for name, app, extra, width in rows]
+  rows = [(name, width, *KERAS_APPS[name]) for name, width, _ in PARAM_ROWS]
   env = dict(os.environ, KERAS_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="2")
   out = subprocess.run([sys.executable, "-c", _KERAS_COUNTS, json.dumps(rows)], env=env,
                        capture_output=True, text=True, check=True).stdout

@@ -24,6 +24,7 @@ from flax import linen as nn
 from jax.extend import core as jex_core
 from jax.extend.random import threefry2x32_p
 
+_ROOT = "root"  # the symbol of the program's key
 
 
 def run_once_compiler_options() -> dict[str, Any]:
@@ -31,8 +32,6 @@ def run_once_compiler_options() -> dict[str, Any]:
   draws' ~60 small elementwise programs (uniform -> normal -> scale) faster than its MLIR fusion
   emitters, with the same values (`experiments/startup_costs.py --studies init`)."""
   return {"xla_cpu_use_fusion_emitters": False} if jax.default_backend() == "cpu" else {}
-
-_ROOT = "root"  # the symbol of the program's key
 
 
 def init_variables(model: nn.Module, resolution: int = 224, seed: int = 0, *,
@@ -74,8 +73,8 @@ class _Draws:
   def __init__(self, folds: Sequence[int], bits: Sequence[tuple[int, tuple[int, ...]]]):
     self.folds = list(folds)
     self.bits = list(bits)
-    self.keys = None
-    self.drawn = []
+    self.keys = None      # set by `for_key`; None while planning
+    self.drawn = iter(())
 
   @classmethod
   def plan(cls, jaxpr: jex_core.Jaxpr, impl: Any) -> Optional["_Draws"]:
@@ -92,20 +91,21 @@ class _Draws:
     if self.keys is None:
       self.folds.append(data)
       return None
-    return self.keys[self.folds.index(data)]
+    return self.keys[self._fold_index[data]]
 
   def random_bits(self, data: int, shape: tuple[int, ...]) -> Any:
     if self.keys is None:
       self.bits.append((data, shape))
       return None
-    return self.drawn.pop(0)
+    return next(self.drawn)
 
   def for_key(self, key: jax.Array) -> "_Draws":
     """The draws' values for `key`, computed with two hashes."""
     draws = _Draws(self.folds, self.bits)
+    draws._fold_index = {data: i for i, data in enumerate(self.folds)}
     draws.keys = jax.vmap(jax.random.fold_in, (None, 0))(key, np.asarray(self.folds, np.uint32))
     if self.bits:
-      index = np.asarray([self.folds.index(d) for d, _ in self.bits])
+      index = np.asarray([draws._fold_index[d] for d, _ in self.bits])
       sizes = np.asarray([int(np.prod(shape)) for _, shape in self.bits])
       key_data = jax.random.key_data(draws.keys)[index]               # (draws, 2)
       offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -118,8 +118,8 @@ class _Draws:
       hi, lo = threefry2x32_p.bind(key_data[owner, 0], key_data[owner, 1], jnp.zeros_like(counts),
                                    counts)
       bits = hi ^ lo
-      draws.drawn = [bits[offsets[i]:offsets[i + 1]].reshape(shape)
-                     for i, (_, shape) in enumerate(self.bits)]
+      draws.drawn = iter([bits[offsets[i]:offsets[i + 1]].reshape(shape)
+                          for i, (_, shape) in enumerate(self.bits)])
     return draws
 
 
