@@ -43,6 +43,21 @@ def _is_write_failure(error: Exception) -> bool:
                                         "os_error_code" in str(error))
 
 
+def _single_writer_registry(ocp) -> Any:
+  """Orbax's standard type handlers, with each replicated jax.Array written whole by the device
+  holding its replica 0.
+
+  Orbax's default on CPU and TPU (its GPU default is this one) splits a replicated array into one
+  slice per replica, each cut by a program of its own: a new compilation for every array shape on
+  the first save of every process (first save of a MobileNetV3-Small state on 2 CPU devices: 12 s
+  against 1.2 s). A MobileNet's state is tens of megabytes, which one writer handles.
+  """
+  handlers = ocp.type_handlers
+  return handlers.create_type_handler_registry(
+      *((ty, handlers.get_type_handler(ty)) for ty in handlers.supported_types()),
+      (jax.Array, handlers.ArrayHandler(use_replica_parallel=False)))
+
+
 class Checkpointer:
   """Saves and restores TrainStates under `workdir/checkpoints` (see the module docstring)."""
 
@@ -63,7 +78,8 @@ class Checkpointer:
     try:
       self.manager = ocp.CheckpointManager(
           self.directory, options=options,
-          item_handlers={"state": ocp.StandardCheckpointHandler(),
+          item_handlers={"state": ocp.PyTreeCheckpointHandler(
+                             type_handler_registry=_single_writer_registry(ocp)),
                          "meta": ocp.JsonCheckpointHandler()})
     except OSError as e:
       raise OSError(f"cannot create the checkpoint directory {self.directory}: {e}; pass a "
@@ -108,7 +124,7 @@ class Checkpointer:
     self.wait()
     try:
       self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta)), force=True)
+          state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(self.meta)), force=True)
     except (OSError, ValueError) as e:
       if not _is_write_failure(e):
         raise
@@ -147,8 +163,8 @@ class Checkpointer:
     self.check_compatible(step, target)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
-    return self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))["state"]
 
   def close(self) -> None:
     try:
