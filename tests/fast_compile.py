@@ -23,8 +23,14 @@ def xla_flags(*extra: str) -> str:
 
 def child_env(**extra: str) -> dict[str, str]:
   """A child process's environment: this one's, without its XLA_FLAGS (a simulated device count
-  is the child's own choice), with the fast-compile settings and `extra`."""
+  is the child's own choice), with the fast-compile settings and `extra`.
+
+  `TF_USE_LEGACY_KERAS=1`: `import tensorflow` loads all of Keras 3 (~3 s of CPU, for `tf.keras`)
+  unless told to use Keras 2 (`tf_keras`), which is not installed, so it loads none; the training
+  job uses tf.data only.
+  """
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(XLA_FLAGS=xla_flags(), JAX_DISABLE_MOST_OPTIMIZATIONS="1", TF_CPP_MIN_LOG_LEVEL="2")
+  env.update(XLA_FLAGS=xla_flags(), JAX_DISABLE_MOST_OPTIMIZATIONS="1", TF_CPP_MIN_LOG_LEVEL="2",
+             TF_USE_LEGACY_KERAS="1")
   env.update(extra)
   return env
