@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from mobilenet_jax.models.initialization import init_variables
 from mobilenet_jax.models import xla_cpu
 from mobilenet_jax.models.norm import GroupedBatchNorm
 from mobilenet_jax.models.xla_cpu.norm_activation import BatchNormActivation, fusible_batch_norm
@@ -124,9 +125,7 @@ def test_network_gradients_and_variables_unchanged():
   """A whole V3-Small (hard-swish, ReLU, linear projections, SE) with and without the fusion."""
   model = create_model("mobilenet_v3_small", width_multiplier=0.5, num_classes=10, kernels="cpu")
   images = jnp.asarray(np.random.default_rng(1).normal(size=(4, 32, 32, 3)), jnp.float32)
-  init = lambda: model.init(jax.random.key(0), images, train=False)
-  # One compilation, not hundreds of eager ops (22.5 vs 7.7 s, experiments/startup_costs.py).
-  variables = jax.jit(init)()
+  variables = init_variables(model, resolution=32, key=jax.random.key(0))  # model.init's values
 
   def step(model, params):
     def loss(params):
