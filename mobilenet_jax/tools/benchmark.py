@@ -348,9 +348,12 @@ RUNNERS = {"jax": jax_runner, "jax_apply": jax_apply_runner, "torch": torch_runn
 # Deployment runtimes (inference only, float32): our exports (`mobilenet_jax.export`) beside the
 # reference libraries' own (`tools/peer_exports.py`), in ONNX Runtime and LiteRT with XNNPACK.
 
-EXPORT_FRAMEWORKS = ("ort", "ort_torchvision", "litert", "litert_keras", "litert_int8")
-# (ours, theirs) pairs compared in the report: same runtime, different exporter; int8 vs float.
-EXPORT_PAIRS = (("ort", "ort_torchvision"), ("litert", "litert_keras"), ("litert_int8", "litert"))
+EXPORT_FRAMEWORKS = ("ort", "ort_torchvision", "litert", "litert_keras", "litert_int8",
+                     "litert_keras_int8")
+# (ours, theirs) pairs compared in the report: same runtime, different exporter; int8 vs float
+# (ours, and Keras's).
+EXPORT_PAIRS = (("ort", "ort_torchvision"), ("litert", "litert_keras"), ("litert_int8", "litert"),
+                ("litert_int8", "litert_keras_int8"), ("litert_keras_int8", "litert_keras"))
 
 
 def _deploy_threads(options: argparse.Namespace) -> int:
@@ -365,11 +368,13 @@ def _export_file(kind: str, name: str, resolution: int, batch: int) -> bytes:
   from mobilenet_jax import export  # pylint: disable=g-import-not-at-top
   from mobilenet_jax.tools import peer_exports  # pylint: disable=g-import-not-at-top
 
-  if kind in ("torchvision", "keras"):
+  if kind in ("torchvision", "keras", "keras_int8"):
     with tempfile.TemporaryDirectory() as tmp:
       path = os.path.join(tmp, "model")
-      maker = peer_exports.torchvision_onnx if kind == "torchvision" else peer_exports.keras_tflite
-      maker(name, resolution, path)
+      if kind == "torchvision":
+        peer_exports.torchvision_onnx(name, resolution, path)
+      else:
+        peer_exports.keras_tflite(name, resolution, path, int8=kind == "keras_int8")
       with open(path, "rb") as f:
         return f.read()
   model = create_model(name, num_classes=NUM_CLASSES)
@@ -410,8 +415,8 @@ def _litert_runner(kind: str, framework: str, name: str, mode: str, batch: int, 
   _check_deploy_mode(framework, mode, dtype)
   from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  # Keras's file has a dynamic batch (resized here); ours are exported at the batch they run.
-  data = _export_file(kind, name, resolution, 0 if kind == "keras" else batch)
+  # Keras's files have a dynamic batch (resized here); ours are exported at the batch they run.
+  data = _export_file(kind, name, resolution, 0 if kind.startswith("keras") else batch)
   interpreter = Interpreter(model_content=data, num_threads=_deploy_threads(options))
   detail = interpreter.get_input_details()[0]
   if detail["shape"][0] != batch:
@@ -429,6 +434,7 @@ RUNNERS.update({
     "litert": functools.partial(_litert_runner, "tflite", "litert"),
     "litert_keras": functools.partial(_litert_runner, "keras", "litert_keras"),
     "litert_int8": functools.partial(_litert_runner, "tflite_int8", "litert_int8"),
+    "litert_keras_int8": functools.partial(_litert_runner, "keras_int8", "litert_keras_int8"),
 })
 
 
@@ -446,7 +452,7 @@ def print_export_ratios(results: list[Result]) -> None:
           cells.append(f"{'latency' if mode == 'latency' else 'infer'} b{batch} "
                        f"{a.images_per_s / b.images_per_s:.2f}x")
       if cells:
-        lines.append(f"  {model:<20} {resolution:>4} {mine:<12} vs {theirs:<16} " + ", ".join(cells))
+        lines.append(f"  {model:<20} {resolution:>4} {mine:<17} vs {theirs:<17} " + ", ".join(cells))
   if lines:
     print("\nexports, same runtime (>1: the first faster)")
     print("\n".join(lines))
@@ -503,7 +509,8 @@ def print_table(results: list[Result], frameworks: Sequence[str]) -> None:
                       and (r.resolution, r.dtype) == (resolution, dtype)})
     models = list(dict.fromkeys(r.model for r in results))
     print(f"\n== {resolution}x{resolution}, {dtype} ==")
-    header = (f"{'model':<20}{'framework':<10}{'batch':>6}{'infer img/s':>13}{'train img/s':>13}"
+    width = max(10, *(len(f) + 1 for f in frameworks))
+    header = (f"{'model':<20}{'framework':<{width}}{'batch':>6}{'infer img/s':>13}{'train img/s':>13}"
               f"{'b1 ms':>9}{'compile s inf/train':>21}{'peak MB inf/train':>19}"
               f"{'% peak inf/train':>18}")
     print(header)
@@ -521,7 +528,7 @@ def print_table(results: list[Result], frameworks: Sequence[str]) -> None:
           peak = f"{_fmt(get(infer, 'peak_mb'), '.0f')}/{_fmt(get(train, 'peak_mb'), '.0f')}"
           frac = (f"{_fmt(None if infer is None else 100 * infer.peak_fraction, '.1f')}/"
                   f"{_fmt(None if train is None else 100 * train.peak_fraction, '.1f')}")
-          print(f"{model:<20}{framework:<10}{batch:>6}{_fmt(get(infer, 'images_per_s'), '.1f'):>13}"
+          print(f"{model:<20}{framework:<{width}}{batch:>6}{_fmt(get(infer, 'images_per_s'), '.1f'):>13}"
                 f"{_fmt(get(train, 'images_per_s'), '.1f'):>13}"
                 f"{_fmt(get(latency, 'latency_ms'), '.1f'):>9}{compile_s:>21}{peak:>19}{frac:>18}")
     ours = [f for f in frameworks if f.startswith("jax")]

@@ -1,27 +1,36 @@
 """The reference libraries' own deployment files, as their users make them, for the benchmark.
 
     python -m mobilenet_jax.tools.peer_exports keras mobilenet_v2 224 OUT.tflite
+    python -m mobilenet_jax.tools.peer_exports keras_int8 mobilenet_v2 224 OUT.tflite
     python -m mobilenet_jax.tools.peer_exports torchvision mobilenet_v2 224 OUT.onnx
 
 keras: `keras.applications` (random weights) through `tf.lite.TFLiteConverter.from_keras_model`, on
 Keras's TensorFlow backend (so in a process of its own: the benchmark runs Keras on JAX).
+keras_int8: the same, full-integer post-training quantization as TensorFlow documents it
+(`Optimize.DEFAULT`, a representative dataset, `TFLITE_BUILTINS_INT8`; float input and output),
+calibrated on 8 random images (the ranges do not change the speed).
 torchvision: `torch.onnx.export` (its default exporter) with a dynamic batch; V1 is timm's.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 
-def keras_tflite(name: str, resolution: int, out: str) -> None:
-  """Writes Keras's float `.tflite` of `name`; runs in a subprocess with the TensorFlow backend."""
+import numpy as np
+
+def keras_tflite(name: str, resolution: int, out: str, int8: bool = False) -> None:
+  """Writes Keras's float (or int8) `.tflite` of `name`; runs in a subprocess with the TensorFlow
+  backend."""
   env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
-  subprocess.run([sys.executable, "-m", "mobilenet_jax.tools.peer_exports", "keras", name,
-                  str(resolution), out], env=env, check=True, stdout=subprocess.DEVNULL)
+  subprocess.run([sys.executable, "-m", "mobilenet_jax.tools.peer_exports",
+                  "keras_int8" if int8 else "keras", name, str(resolution), out], env=env,
+                 check=True, stdout=subprocess.DEVNULL)
 
 
-def _keras_tflite_here(name: str, resolution: int, out: str) -> None:
+def _keras_tflite_here(name: str, resolution: int, out: str, int8: bool = False) -> None:
   import keras
   import tensorflow as tf
 
@@ -34,8 +43,14 @@ def _keras_tflite_here(name: str, resolution: int, out: str) -> None:
   if name.startswith("mobilenet_v3"):
     options["include_preprocessing"] = False
   model = getattr(keras.applications, KERAS_MODELS[name])(**options)
+  converter = tf.lite.TFLiteConverter.from_keras_model(model)
+  if int8:
+    images = np.random.default_rng(0).standard_normal((8, resolution, resolution, 3))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[None]] for x in images.astype(np.float32))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
   with open(out, "wb") as f:
-    f.write(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    f.write(converter.convert())
 
 
 def torchvision_onnx(name: str, resolution: int, out: str) -> None:
@@ -59,4 +74,6 @@ def torchvision_onnx(name: str, resolution: int, out: str) -> None:
 
 if __name__ == "__main__":
   library, model_name, size, path = sys.argv[1:]
-  {"keras": _keras_tflite_here, "torchvision": torchvision_onnx}[library](model_name, int(size), path)
+  makers = {"keras": _keras_tflite_here, "torchvision": torchvision_onnx,
+            "keras_int8": functools.partial(_keras_tflite_here, int8=True)}
+  makers[library](model_name, int(size), path)
