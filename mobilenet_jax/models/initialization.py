@@ -24,14 +24,9 @@ from flax import linen as nn
 from jax.extend import core as jex_core
 from jax.extend.random import threefry2x32_p
 
+from mobilenet_jax.models.xla_cpu.compile_options import run_once_compiler_options
+
 _ROOT = "root"  # the symbol of the program's key
-
-
-def run_once_compiler_options() -> dict[str, Any]:
-  """How programs that run once are compiled: on CPU with XLA's loop emitters, which compile the
-  draws' ~60 small elementwise programs (uniform -> normal -> scale) faster than its MLIR fusion
-  emitters, with the same values (`experiments/startup_costs.py --studies init`)."""
-  return {"xla_cpu_use_fusion_emitters": False} if jax.default_backend() == "cpu" else {}
 
 
 def init_variables(model: nn.Module, resolution: int = 224, seed: int = 0, *,

@@ -12,7 +12,8 @@ import ml_collections
 import optax
 
 import mobilenet_jax
-from mobilenet_jax.models.initialization import run_once_compiler_options, trace_init
+from mobilenet_jax.models.initialization import trace_init
+from mobilenet_jax.models.xla_cpu.compile_options import run_once_compiler_options
 from mobilenet_jax.models.norm import GroupedBatchNorm
 
 

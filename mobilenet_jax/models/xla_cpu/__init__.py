@@ -11,6 +11,7 @@ XLA's own ops up to float summation order (tests/test_xla_cpu_kernels.py):
 - `norm_activation.fused_norm_activation`: BatchNorm and its activation with a fused gradient.
 - `fusion_barrier.materialized`: a tensor computed once into a buffer of its own.
 - `inference.cpu_inference_function`: the folded network's inference program for XLA:CPU.
+- `compile_options.run_once_compiler_options`: how a program that runs once (the init) compiles.
 
 `conv_norm_act` is the `ConvNormAct` factory that `models/kernels.py` hands every block when the
 kernels are "cpu"; `make_conv_norm_act` builds it with single optimisations off, for A/B runs.
