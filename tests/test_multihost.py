@@ -40,20 +40,8 @@ HEARTBEAT_S = 10
 # and stops the others; the margin covers its polling and a loaded 2-core machine.
 DEAD_PEER_BOUND_S = HEARTBEAT_S + 30
 EVAL_BATCH = 64  # 360 test digits are not a multiple of it: each process pads its last batch
-# Momentum, a cosine schedule, dropout and an EMA: each one breaks an inexact resume.
-OVERRIDES = {
-    "model.name": "mobilenet_v3_small_minimal", "model.width_multiplier": 0.35,
-    # XLA's own layers, as on GPUs and TPUs: they trace and compile faster than the XLA:CPU
-    # kernels (2.6 vs 3.8 s and 7.8 vs 10.1 s of CPU for this train step).
-    "model.kernels": "xla",
-    "model.bn_momentum": 0.9, "model.dropout_rate": 0.2, "dataset.name": "digits",
-    "resolution": 32, "batch_size": 32, "eval_batch_size": EVAL_BATCH,
-    "num_train_steps": NUM_STEPS, "optimizer.name": "sgd", "optimizer.momentum": 0.9,
-    "schedule.name": "cosine", "schedule.learning_rate": 0.05, "schedule.base_batch_size": 0,
-    "schedule.warmup_epochs": 0.0, "ema_decay": 0.9, "log_every_steps": 1,
-    "eval_every_steps": 0, "checkpoint_every_steps": CHECKPOINT_EVERY, "keep_checkpoints": 2,
-    "tensorboard": False, "progress_bar": "off",
-}
+OVERRIDES = {**job_runs.JOB_OVERRIDES, "eval_batch_size": EVAL_BATCH, "num_train_steps": NUM_STEPS,
+             "checkpoint_every_steps": CHECKPOINT_EVERY}
 
 
 def _flags(workdir, data_dir, **changes):
