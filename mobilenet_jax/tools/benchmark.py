@@ -509,7 +509,7 @@ def print_table(results: list[Result], frameworks: Sequence[str]) -> None:
                       and (r.resolution, r.dtype) == (resolution, dtype)})
     models = list(dict.fromkeys(r.model for r in results))
     print(f"\n== {resolution}x{resolution}, {dtype} ==")
-    width = max(10, *(len(f) + 1 for f in frameworks))
+    width = max([10, *(len(f) + 1 for f in frameworks)])
     header = (f"{'model':<20}{'framework':<{width}}{'batch':>6}{'infer img/s':>13}{'train img/s':>13}"
               f"{'b1 ms':>9}{'compile s inf/train':>21}{'peak MB inf/train':>19}"
               f"{'% peak inf/train':>18}")
