@@ -13,7 +13,7 @@ step, and what the test suite's and the training job's start-up choices save.
   and what of it its train step took to compile or load from the cache, on a first start (empty
   compilation cache) and on a second start (another workdir, same cache).
 - init: `model.init` of V3-Large at 224 under `jax.jit`, and `mj.init_variables` (the same program
-  with the parameters' Threefry hashes gathered into two), in seconds; both give the same values.
+  evaluated vectorised: `models/initialization.py`), in seconds; both give the same values.
 - fusion_emitters: compile time of an unoptimised (JAX_DISABLE_MOST_OPTIMIZATIONS) training gradient
   of MobileNetV2 x0.35, batch 32, 32x32, with XLA:CPU's MLIR fusion emitters (XLA's default) and with
   its loop emitters (`--xla_cpu_use_fusion_emitters=false`, what tests/fast_compile.py sets).

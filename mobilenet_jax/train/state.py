@@ -12,8 +12,7 @@ import ml_collections
 import optax
 
 import mobilenet_jax
-from mobilenet_jax.models.initialization import trace_init
-from mobilenet_jax.models.xla_cpu.compile_options import run_once_compiler_options
+from mobilenet_jax.models.initialization import TracedInit, trace_init
 from mobilenet_jax.models.norm import GroupedBatchNorm
 
 
@@ -89,7 +88,7 @@ def _init_fn(config: ml_collections.ConfigDict, model, tx: optax.GradientTransfo
 
 
 def trace_state_init(config: ml_collections.ConfigDict, model, tx: optax.GradientTransformation,
-                     sharding: jax.sharding.Sharding) -> jax.stages.Traced:
+                     sharding: jax.sharding.Sharding) -> TracedInit:
   """The fresh state's initialisation under jit, traced once (replicated with `sharding`).
 
   `abstract_train_state` reads the shapes from it and `create_train_state` compiles and runs it,
@@ -100,14 +99,14 @@ def trace_state_init(config: ml_collections.ConfigDict, model, tx: optax.Gradien
                     out_shardings=sharding)
 
 
-def abstract_train_state(init: jax.stages.Traced) -> TrainState:
+def abstract_train_state(init: TracedInit) -> TrainState:
   """Shapes, dtypes and shardings of the state (`trace_state_init`): what the steps compile against."""
   return init.out_info
 
 
-def create_train_state(init: jax.stages.Traced) -> TrainState:
-  """A fresh state from `trace_state_init`, created directly on the devices (replicated)."""
-  return init.lower().compile(run_once_compiler_options())()
+def create_train_state(init: TracedInit) -> TrainState:
+  """A fresh state from `trace_state_init`, on the devices (replicated)."""
+  return init()
 
 
 def with_variables(state: TrainState, variables: dict[str, Any],
