@@ -16,7 +16,7 @@ from typing import Optional
 import jax
 
 # Programs that compiled faster than this are not written (reading them back would save little).
-MIN_COMPILE_SECONDS = 0.5
+MIN_COMPILE_SECONDS = 0.2
 
 
 def user_cache_dir() -> str:
