@@ -224,7 +224,7 @@ def _group_chains(outputs: Sequence[Any], out_info: Sequence[jax.ShapeDtypeStruc
                   out_shardings: Any) -> list[list[_Chain]]:
   """The outputs' chains grouped by their steps (each draw in one group; a draw reaching the
   outputs through different steps is evaluated as traced the second time)."""
-  if out_shardings is not None and _replicated(out_shardings) is None:
+  if not _splits_on_host(out_shardings):
     return []
   groups: dict[Any, list[_Chain]] = {}
   seen = set()
@@ -254,7 +254,7 @@ class _Layout:
     groups = draws.groups if draws else []
     member = {c.draw: (g, i) for g, group in enumerate(groups) for i, c in enumerate(group)}
     outputs = draws.outputs if draws else [None] * len(out_info)
-    vectorise = out_shardings is None or _replicated(out_shardings) is not None
+    vectorise = _splits_on_host(out_shardings)
     kinds, fill_dtypes = [], []
     for value, info in zip(outputs, out_info):
       if (isinstance(value, _Chain) and value.draw in member
@@ -426,6 +426,12 @@ def _hashable(value: Any) -> bool:
     return True
   except TypeError:
     return False
+
+
+def _splits_on_host(out_shardings: Any) -> bool:
+  """Whether outputs may leave the program flat, to be split or filled on the host: on the default
+  device, or replicated over a mesh (`_replicated`)."""
+  return out_shardings is None or _replicated(out_shardings) is not None
 
 
 def _replicated(sharding: Any) -> Optional[jax.sharding.Sharding]:
