@@ -208,6 +208,6 @@ def test_float_keras_v3_small_export_gives_litert_logits(tmp_path):
   assert conversion.options["width_multiplier"] == 0.75
   assert converted.recipe.normalization == "inception"   # the file rescales 0..255 itself
   x = np.random.RandomState(0).uniform(-1, 1, (2, 96, 96, 3)).astype(np.float32)
-  ours = np.asarray(conversion.model().apply(conversion.variables, x, train=False))
+  ours = JaxClassifier(conversion.model(), conversion.variables, len(x))(x)
   theirs = LiteRTClassifier(converted, str(path))(x)
   np.testing.assert_allclose(ours, theirs, atol=1e-4 * np.abs(theirs).max())
