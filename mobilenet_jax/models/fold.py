@@ -60,16 +60,26 @@ def batch_norm_epsilon(model: MobileNet) -> float:
   return {f.name: f.default for f in dataclasses.fields(target)}["epsilon"]
 
 
+def _is_pair(child: Mapping[str, Any], child_stats: Mapping[str, Any]) -> bool:
+  return "norm" in child and "conv" in child and "mean" in child_stats.get("norm", {})
+
+
+def _count_pairs(params: Mapping[str, Any], stats: Mapping[str, Any]) -> int:
+  """How many `{conv, norm}` pairs `_fold_tree` folds (from the structure alone)."""
+  return sum(1 if _is_pair(child, stats.get(name, {})) else _count_pairs(child, stats.get(name, {}))
+             for name, child in params.items() if isinstance(child, Mapping))
+
+
 def _fold_tree(params: Mapping[str, Any], stats: Mapping[str, Any], epsilon: float
-               ) -> tuple[dict[str, Any], int]:
-  """Recursively folds every `{conv: {kernel}, norm: {scale, bias}}` pair; returns (tree, count)."""
-  out, count = {}, 0
+               ) -> dict[str, Any]:
+  """Recursively folds every `{conv: {kernel}, norm: {scale, bias}}` pair."""
+  out = {}
   for name, child in params.items():
     if not isinstance(child, Mapping):
       out[name] = child
       continue
     child_stats = stats.get(name, {})
-    if "norm" in child and "conv" in child and "mean" in child_stats.get("norm", {}):
+    if _is_pair(child, child_stats):
       norm, moments = child["norm"], child_stats["norm"]
       kernel = child["conv"]["kernel"]
       scale = norm.get("scale", jnp.ones_like(moments["var"]))
@@ -85,11 +95,14 @@ def _fold_tree(params: Mapping[str, Any], stats: Mapping[str, Any], epsilon: flo
                                  - moments["mean"].astype(jnp.float32) * inv_std
                                  ).astype(shift.dtype)}
       out[name] = folded
-      count += 1
     else:
-      out[name], sub = _fold_tree(child, child_stats, epsilon)
-      count += sub
-  return out, count
+      out[name] = _fold_tree(child, child_stats, epsilon)
+  return out
+
+
+# One program for the whole network: run eagerly, each layer's few operations would compile on
+# their own for its shapes (seconds for a MobileNet).
+_fold_program = jax.jit(_fold_tree, static_argnums=2)
 
 
 def fold_batch_norm(model: MobileNet, variables: Mapping[str, Any]
@@ -105,8 +118,8 @@ def fold_batch_norm(model: MobileNet, variables: Mapping[str, Any]
                      f"collections {sorted(variables)}")
   epsilon = batch_norm_epsilon(model)
   params = meta.unbox(variables["params"])
-  params, count = _fold_tree(params, variables["batch_stats"], epsilon)
-  if count == 0:
+  if not _count_pairs(params, variables["batch_stats"]):
     raise ValueError("found no conv + BatchNorm pair to fold; are these this model's variables?")
+  params = _fold_program(params, variables["batch_stats"], epsilon)
   bias_only = functools.partial(BiasOnly, dtype=model.dtype, param_dtype=model.param_dtype)
   return model.clone(norm_layer=bias_only), {"params": params}
