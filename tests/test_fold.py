@@ -19,15 +19,18 @@ def _random_variables(model, x, seed):
   shapes = jax.eval_shape(model.init, jax.random.key(0), x)
 
   def fill(path, leaf):
-    name, shape = str(path[-1]), leaf.shape
+    # Cast on the host: jnp.asarray(x, dtype) of float64 values compiles a conversion per shape.
+    return jnp.asarray(values(str(path[-1]), leaf.shape).astype(leaf.dtype))
+
+  def values(name, shape):
     if "var" in name:
-      return jnp.asarray(rng.uniform(0.5, 2.0, shape), leaf.dtype)
+      return rng.uniform(0.5, 2.0, shape)
     if "scale" in name:
-      return jnp.asarray(rng.uniform(0.5, 1.5, shape), leaf.dtype)
+      return rng.uniform(0.5, 1.5, shape)
     if "mean" in name or "bias" in name:
-      return jnp.asarray(0.3 * rng.standard_normal(shape), leaf.dtype)
+      return 0.3 * rng.standard_normal(shape)
     fan_in = int(np.prod(shape[:-1]))
-    return jnp.asarray(rng.standard_normal(shape) / np.sqrt(fan_in), leaf.dtype)
+    return rng.standard_normal(shape) / np.sqrt(fan_in)
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 

@@ -143,7 +143,8 @@ def test_network_gradients_and_variables_unchanged():
   # amplifies float rounding (both are ~3e-5 from a float64 computation). The floor is for
   # gradients that are 0 up to rounding (a bias followed by another BatchNorm).
   for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(reference)):
-    assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * float(jnp.max(jnp.abs(b))) + 1e-6
+    a, b = np.asarray(a), np.asarray(b)   # on the host: no compilation per shape
+    assert np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(b)) + 1e-6
   # Without the fusion the network has the same variables: checkpoints are interchangeable.
   unfused_init = lambda: unfused.init(jax.random.key(0), images, train=False)
   assert jax.tree.map(np.shape, jax.eval_shape(unfused_init)) == jax.tree.map(np.shape, variables)
