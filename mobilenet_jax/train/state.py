@@ -115,7 +115,8 @@ def with_variables(state: TrainState, variables: dict[str, Any],
 
   The optimizer state is kept: every optimizer here initialises it independently of the values.
   """
-  put = lambda tree: jax.device_put(jax.tree.map(jnp.asarray, tree), sharding)
+  # Host arrays straight to the devices (`jnp.asarray` of a numpy array compiles a program per shape).
+  put = lambda tree: jax.device_put(tree, sharding)
   params, batch_stats = put(variables["params"]), put(variables["batch_stats"])
   ema = state.ema_params is not None
   return state.replace(params=params, batch_stats=batch_stats,
