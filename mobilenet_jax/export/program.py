@@ -97,7 +97,6 @@ def deployment_program(model: MobileNet, variables: Mapping[str, Any], resolutio
   batch_norm_epsilon(model)   # raises when the model's norm is not a BatchNorm (nothing to fold)
   # Exported in float32 with XLA's own layers whatever the training dtype and kernels were.
   folded_model, folded = fold_batch_norm(model.clone(kernels="xla", dtype=None), variables)
-  folded = jax.tree.map(jnp.asarray, folded)
 
   def network(images: jax.Array) -> jax.Array:
     if pixel_normalization is not None:
