@@ -19,8 +19,8 @@ def _random_variables(model, x, seed):
   shapes = jax.eval_shape(model.init, jax.random.key(0), x)
 
   def fill(path, leaf):
-    # Cast on the host: jnp.asarray(x, dtype) of float64 values compiles a conversion per shape.
-    return jnp.asarray(values(str(path[-1]), leaf.shape).astype(leaf.dtype))
+    # Cast on the host and device_put: jnp.asarray of a host array compiles a program per shape.
+    return jax.device_put(values(str(path[-1]), leaf.shape).astype(leaf.dtype))
 
   def values(name, shape):
     if "var" in name:
