@@ -20,10 +20,23 @@ ALL = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small
        "mobilenet_v3_large_minimal", "mobilenet_v3_small_minimal")
 
 
+_VARIABLE_SHAPES = {}  # repr(model) -> its variables' shapes
+
+
+def variable_shapes(model):
+  """The shapes `model.init` gives (shape inference only), traced once per network: they do not
+  depend on the input size (global pooling), and tracing the initialisers is what costs."""
+  key = repr(model)
+  if key not in _VARIABLE_SHAPES:
+    x = jnp.zeros((1, 32, 32, 3))
+    _VARIABLE_SHAPES[key] = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  return _VARIABLE_SHAPES[key]
+
+
 def shapes(model, resolution=224, **kwargs):
-  """Output shapes without running anything (shape inference only)."""
+  """Variable and output shapes without running anything (shape inference only)."""
   x = jnp.zeros((2, resolution, resolution, 3))
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  variables = variable_shapes(model)
   return variables, jax.eval_shape(lambda v: model.apply(v, x, train=False, **kwargs), variables)
 
 
