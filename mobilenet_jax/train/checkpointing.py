@@ -8,10 +8,13 @@ call every method (Orbax is multi-process safe, and saves gated on process 0 han
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 import threading
-from typing import Any, Optional
+import traceback
+from typing import Any, Callable, Optional
 
 import jax
 
@@ -41,6 +44,41 @@ def _is_write_failure(error: Exception) -> bool:
   (`[os_error_code='28']`: ENOSPC; 27: EFBIG; 30: EROFS; 13: EACCES)."""
   return isinstance(error, OSError) or (isinstance(error, ValueError) and
                                         "os_error_code" in str(error))
+
+
+def _quiet_failed_save_aftermath() -> Callable[[], None]:
+  """Keeps the aftermath of a failed save (a full disk) from burying its one clear error; returns
+  the function that removes the filters again.
+
+  Orbax awaits a save's array writes with `asyncio.gather` on an event loop of its own: the first
+  failed write ends the gather and closes the loop while the other writes run on. Each of those
+  then calls back into the closed loop ("Event loop is closed", raised into the void), and each of
+  their abandoned futures logs "exception was never retrieved" when collected: a traceback per
+  array, hundreds, printed around and after the error the Checkpointer raises for that save.
+  """
+  previous_hook = sys.unraisablehook
+
+  def unraisable_hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError
+            and str(unraisable.exc_value) == "Event loop is closed"
+            and any(frame.f_code.co_name == "call_soon_threadsafe"
+                    for frame, _ in traceback.walk_tb(unraisable.exc_traceback))):
+      previous_hook(unraisable)
+
+  def keep_record(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and _is_write_failure(record.exc_info[1])
+                and "exception was never retrieved" in record.getMessage())
+
+  asyncio_logger = logging.getLogger("asyncio")
+  sys.unraisablehook = unraisable_hook
+  asyncio_logger.addFilter(keep_record)
+
+  def remove() -> None:
+    if sys.unraisablehook is unraisable_hook:
+      sys.unraisablehook = previous_hook
+    asyncio_logger.removeFilter(keep_record)
+
+  return remove
 
 
 def _single_writer_registry(ocp) -> Any:
@@ -93,6 +131,7 @@ class Checkpointer:
                     "writable --workdir") from e
     self.preempted = False
     self._write_failed = False
+    self._unquiet = _quiet_failed_save_aftermath()
     self._in_flight: Optional[int] = None   # the step of the last (async) save started
     self._previous_handler = None
     # Several processes: SIGTERM stays with JAX's preemption notifier (jax.distributed), which
@@ -118,6 +157,9 @@ class Checkpointer:
   def _write_error(self, error: Exception, what: str) -> OSError:
     """The clear error for a failed write (raised once: later waits of the same save stay quiet)."""
     self._write_failed = True
+    # Its traceback holds the frames of that save's unfinished writes, kept alive until the
+    # interpreter exits, where closing each one prints a traceback (hundreds) after this error.
+    error.with_traceback(None)
     return OSError(f"could not write {what} to {self.directory}: {error} (is the disk full or the "
                    "workdir read-only?); the previous complete checkpoint stays the latest")
 
@@ -181,6 +223,8 @@ class Checkpointer:
       if self._previous_handler is not None:
         signal.signal(signal.SIGTERM, self._previous_handler)
         self._previous_handler = None
+      if not self._write_failed:  # else the filters stay: that save's writes may end later still
+        self._unquiet()
       try:
         self.manager.close()
       except (OSError, ValueError):
