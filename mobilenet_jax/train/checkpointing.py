@@ -65,8 +65,9 @@ def _quiet_failed_save_aftermath() -> Callable[[], None]:
                     for frame, _ in traceback.walk_tb(unraisable.exc_traceback))):
       previous_hook(unraisable)
 
-  def keep_record(record: logging.LogRecord) -> bool:
-    return not (record.exc_info and _is_write_failure(record.exc_info[1])
+  def keep_record(record: logging.LogRecord) -> bool:  # TensorStore's failed writes only
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, ValueError) and "os_error_code" in str(error)
                 and "exception was never retrieved" in record.getMessage())
 
   asyncio_logger = logging.getLogger("asyncio")
