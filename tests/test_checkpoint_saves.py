@@ -4,6 +4,8 @@ Orbax's default on CPU and TPU cuts every replicated array into one slice per re
 a program compiled for that array's shape (seconds on every process's first save); the trainer's
 `Checkpointer` writes each replicated array whole from its first replica instead, and writes no
 sharding file (the restore's target places the arrays; without a target they come back as numpy).
+And the noise a failed save leaves behind is dropped, nothing else (a full disk's whole run:
+tests/test_reliability.py).
 """
 
 import os
@@ -62,3 +64,48 @@ def test_saving_a_replicated_state_compiles_nothing_and_restores_it(tmp_path):
   assert "COMPILES_DURING_SAVE 0" in result.stdout, result.stdout[-3000:]
   # Orbax's default also writes a `_sharding` file per checkpoint (a third of a save's CPU time).
   assert "SHARDING_FILES 0" in result.stdout, result.stdout[-3000:]
+
+
+def test_a_failed_saves_aftermath_is_quiet_and_nothing_else_is(tmp_path, caplog):
+  """The Checkpointer drops exactly the noise Orbax leaves after a failed save (docs/tests.md, Full
+  disk): callbacks into its closed event loop and TensorStore's never-retrieved write errors. Other
+  unraisable errors and other never-retrieved errors still reach their hook and log; `close` after
+  saves that did not fail puts both back as they were."""
+  import asyncio
+  import logging
+
+  from mobilenet_jax.train.checkpointing import Checkpointer
+
+  seen = []
+  previous = sys.unraisablehook
+  collect = sys.unraisablehook = lambda unraisable: seen.append(str(unraisable.exc_value))
+  try:
+    checkpointer = Checkpointer(str(tmp_path / "run"))
+    closed_loop = asyncio.new_event_loop()
+    closed_loop.close()
+
+    class CallsIntoTheClosedLoop:   # as TensorStore does when a write ends after the loop closed
+      def __del__(self):
+        closed_loop.call_soon_threadsafe(print)
+
+    class RaisesTheSameMessage:
+      def __del__(self):
+        raise RuntimeError("Event loop is closed")
+
+    CallsIntoTheClosedLoop()
+    RaisesTheSameMessage()
+    assert seen == ["Event loop is closed"]   # only the second one: not from call_soon_threadsafe
+    asyncio_logger = logging.getLogger("asyncio")
+    failed_write = ValueError("OUT_OF_RANGE: Error writing ... [os_error_code='28']")
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+      for error in (failed_write, OSError("connection reset"), ValueError("another error")):
+        asyncio_logger.error("Future exception was never retrieved",
+                             exc_info=(type(error), error, None))
+    assert [r.exc_info[1] for r in caplog.records if r.name == "asyncio"][0] is not failed_write
+    assert len([r for r in caplog.records if r.name == "asyncio"]) == 2
+    checkpointer.close()
+    assert sys.unraisablehook is collect and not asyncio_logger.filters
+    CallsIntoTheClosedLoop()
+    assert seen == ["Event loop is closed"] * 2   # after close, nothing is dropped
+  finally:
+    sys.unraisablehook = previous
