@@ -198,7 +198,9 @@ def test_full_disk_is_a_clear_error_and_keeps_the_latest_complete_checkpoint(run
   lines = full["output"].rstrip().splitlines()
   error = [i for i, line in enumerate(lines) if re.fullmatch(
       rf"OSError: could not write the checkpoint of step {NUM_STEPS} to .*: .*\(is the disk full "
-      r"or the workdir read-only\?\); the previous complete checkpoint stays the latest", line)]
+      r"or the workdir read-only\?\); the previous complete checkpoint stays the latest: free "
+      "some space or make the workdir writable, then run the same command again to resume from it",
+      line)]
   assert error, _describe(full)
   after = lines[error[-1] + 1:]
   assert len(after) <= 2 and not any("Traceback" in line for line in after), _describe(full)

@@ -113,7 +113,9 @@ def test_metrics_write_to_a_workdir_turned_read_only_is_a_clear_error(tmp_path,
   with ReadOnly(workdir) as read_only:
     read_only.make()
     with pytest.raises(OSError, match=r"could not write metrics to .*run/metrics.jsonl: .*\(is the "
-                                      r"disk full or the workdir read-only\?\)"):
+                                      r"disk full or the workdir read-only\?\): free some space "
+                                      r"or make the workdir writable, then run the same command "
+                                      r"again to resume from the latest checkpoint$"):
       writer.write(2, {"train_loss": 1.25})
   assert train.read_metrics(workdir) == [{"step": 1, "train_loss": 1.5}]
 
@@ -148,7 +150,8 @@ def test_workdir_read_only_mid_run_keeps_the_latest_complete_checkpoint(tmp_path
     assert read_only.how, message   # it did turn read-only (the error is not from elsewhere)
     assert re.search(r"could not write the checkpoint of step 4 to .*run/checkpoints: .*\(is the "
                      r"disk full or the workdir read-only\?\); the previous complete checkpoint "
-                     r"stays the latest", message), message
+                     r"stays the latest: free some space or make the workdir writable, then run "
+                     r"the same command again to resume from it$", message), message
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
   assert ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).latest_step() == 2
   state = ocp.StandardCheckpointer().restore(os.path.join(committed, "state"))

@@ -162,7 +162,9 @@ class Checkpointer:
     # interpreter exits, where closing each one prints a traceback (hundreds) after this error.
     error.with_traceback(None)
     return OSError(f"could not write {what} to {self.directory}: {error} (is the disk full or the "
-                   "workdir read-only?); the previous complete checkpoint stays the latest")
+                   "workdir read-only?); the previous complete checkpoint stays the latest: free "
+                   "some space or make the workdir writable, then run the same command again to "
+                   "resume from it")
 
   def save(self, step: int, state: Any) -> None:
     """Starts an (async) save of `state` at `step`; errors say where and why.

@@ -63,7 +63,8 @@ class MetricWriter:
         f.write(json.dumps(record) + "\n")
     except OSError as e:
       raise OSError(f"could not write metrics to {self.path}: {e} (is the disk full or the workdir "
-                    "read-only?)") from e
+                    "read-only?): free some space or make the workdir writable, then run the same "
+                    "command again to resume from the latest checkpoint") from e
     if self._tb is not None:
       for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
