@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from typing import Any, Callable, Optional
 
 import jax
@@ -161,6 +162,9 @@ class Checkpointer:
     # Its traceback holds the frames of that save's unfinished writes, kept alive until the
     # interpreter exits, where closing each one prints a traceback (hundreds) after this error.
     error.with_traceback(None)
+    # And the writes it never started warn at exit ("coroutine ... was never awaited").
+    warnings.filterwarnings("ignore", r"coroutine '.*write_fragment' was never awaited",
+                            RuntimeWarning)
     return OSError(f"could not write {what} to {self.directory}: {error} (is the disk full or the "
                    "workdir read-only?); the previous complete checkpoint stays the latest: free "
                    "some space or make the workdir writable, then run the same command again to "
