@@ -40,11 +40,15 @@ def first_mismatch(expected: dict[str, tuple], found: dict[str, tuple]) -> Optio
   return None
 
 
-def _is_write_failure(error: Exception) -> bool:
-  """An OSError, or TensorStore's ValueError for a failed file write, which carries the OS error
+def _is_tensorstore_write_failure(error: Optional[BaseException]) -> bool:
+  """TensorStore's ValueError for a failed file write, which carries the OS error
   (`[os_error_code='28']`: ENOSPC; 27: EFBIG; 30: EROFS; 13: EACCES)."""
-  return isinstance(error, OSError) or (isinstance(error, ValueError) and
-                                        "os_error_code" in str(error))
+  return isinstance(error, ValueError) and "os_error_code" in str(error)
+
+
+def _is_write_failure(error: Exception) -> bool:
+  """An OSError, or TensorStore's error for a failed file write."""
+  return isinstance(error, OSError) or _is_tensorstore_write_failure(error)
 
 
 def _quiet_failed_save_aftermath() -> Callable[[], None]:
@@ -68,7 +72,7 @@ def _quiet_failed_save_aftermath() -> Callable[[], None]:
 
   def keep_record(record: logging.LogRecord) -> bool:  # TensorStore's failed writes only
     error = record.exc_info[1] if record.exc_info else None
-    return not (isinstance(error, ValueError) and "os_error_code" in str(error)
+    return not (_is_tensorstore_write_failure(error)
                 and "exception was never retrieved" in record.getMessage())
 
   asyncio_logger = logging.getLogger("asyncio")
