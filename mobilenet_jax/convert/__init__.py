@@ -9,11 +9,12 @@
 file into a checkpoint that `mobilenet_jax.pretrained.load_pretrained` (and training's `init_from`)
 reads. Keras and torch are only needed to read their own files; nothing here imports them at import.
 Float sources give numerically identical logits; quantized TFLite files run here in float with
-their dequantized weights.
+their dequantized weights, and `eight_bit_apply` adds back the file's 8-bit activations.
 """
 
 from mobilenet_jax.convert.assemble import Conversion, ConversionError
 from mobilenet_jax.convert.keras_source import convert_keras, from_keras
 from mobilenet_jax.convert.torch_source import (TORCHVISION_ARCHS, convert_torch, from_torch,
                                                 supported_archs)
+from mobilenet_jax.convert.tflite_activations import eight_bit_apply
 from mobilenet_jax.convert.tflite_source import convert_tflite, from_tflite

@@ -10,7 +10,8 @@ BatchNorm's offset, with identity statistics (mean 0, var 1) and scale sqrt(1 + 
 computes x + bias exactly, and the model stays the standard one (fine-tuning re-learns statistics).
 
 A quantized model runs here in float with the dequantized weights: its activations are not
-quantized, so its outputs differ a little from the integer arithmetic of TFLite itself.
+quantized, so its outputs differ a little from the integer arithmetic of TFLite itself;
+`tflite_activations.eight_bit_apply` adds the file's 8-bit rounding of the activations back.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from mobilenet_jax.convert.assemble import (Conversion, ConversionError, Family, Layout,
                                             convert_family, width_candidates)
 from mobilenet_jax.convert.plan import Unit
+from mobilenet_jax.convert.tflite_activations import EightBit, eight_bit_or_reason
 from mobilenet_jax.convert.tflite_graph import Graph, Tensor, read_tflite
 from mobilenet_jax.convert.tflite_walk import Layer, Walk, padding_mode, walk
 from mobilenet_jax.data.eval_recipes import EvalRecipe, tf_slim
@@ -77,6 +79,10 @@ class TfliteModel:
   input: TfliteInput
   logits: int                 # tensor of the file holding the logits (before any softmax)
   background: bool            # the file's class 0 is a background class our model dropped
+  # Quantized V1/V2 files: the grids of their activations and weights, for
+  # `tflite_activations.eight_bit_apply`; None (and the reason) for other files.
+  eight_bit: Optional[EightBit] = None
+  no_eight_bit_reason: str = ""
 
 
 def _segment(w: Walk, path: str) -> dict[str, Layer]:
@@ -284,7 +290,8 @@ def convert_tflite_file(path: str, drop_background: bool = True) -> TfliteModel:
   conversion = dataclasses.replace(conversion, preprocessing=recipe.to_dict())
   classes = names["classifier"].kernel.shape[0] if "classifier" in names else 0
   background = bool(drop_background and classes == 1001)
-  return TfliteModel(conversion, recipe, spec, w.logits, background)
+  eight_bit, reason = eight_bit_or_reason(graph, w, names, w.input_affine)
+  return TfliteModel(conversion, recipe, spec, w.logits, background, eight_bit, reason)
 
 
 def convert_tflite(path: str, drop_background: bool = True) -> Conversion:

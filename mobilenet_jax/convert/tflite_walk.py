@@ -59,6 +59,7 @@ class Walk:
   residuals: list[tuple[int, int]]   # (earlier feature map, map it was added to)
   input_affine: tuple[float, float]  # the graph's own rescaling: model input = a * file input + b
   logits: Optional[int]              # tensor holding the logits (the softmax input, if any)
+  sums: list[int] = dataclasses.field(default_factory=list)   # each residual addition's output
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -90,6 +91,7 @@ class _Walker:
     self.pooled: dict[int, int] = {}                 # pooled tensor -> the map it pools
     self.dense_path: set[int] = set()                # tensors computed from a pooled vector
     self.residuals: list[tuple[int, int]] = []
+    self.sums: list[int] = []
     self.history: list[int] = []                     # every value the main feature map took
     self.shapes: set[int] = set()                    # tensors computed by shape arithmetic
     self.input_affine = (1.0, 0.0)
@@ -133,7 +135,7 @@ class _Walker:
       self.logits = out
     elif out != self.logits:
       raise ConversionError(f"{self.g.path}: the output is not the softmax of the classifier")
-    return Walk(self.layers, self.residuals, self.input_affine, self.logits)
+    return Walk(self.layers, self.residuals, self.input_affine, self.logits, self.sums)
 
   # ----------------------------------------------------------------------- operators
 
@@ -211,6 +213,7 @@ class _Walker:
       if other not in self.history:
         raise self.error(op, "adds a tensor that is not an earlier feature map")
       self.residuals.append((other, self.stream))
+      self.sums.append(op.outputs[0])
       self.stream = op.outputs[0]
       self.history.append(self.stream)
       return

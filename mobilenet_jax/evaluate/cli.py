@@ -2,13 +2,15 @@
 
     python -m mobilenet_jax.evaluate --weights=mobilenet_v2_1.0_224_quant.tflite --images=DIR
     python -m mobilenet_jax.evaluate --weights=... --images=DIR --runtime=litert --json=out.json
+    python -m mobilenet_jax.evaluate --weights=FILE.tflite --images=DIR --activations=8bit
     python -m mobilenet_jax.evaluate --weights=CHECKPOINT_DIR --images=DIR
     python -m mobilenet_jax.evaluate --source=timm:mobilenetv3_large_100 \\
         --weights=model.safetensors --images=DIR
 
 Images are prepared by the weights' own eval recipe (`mobilenet_jax.data.eval_recipes`); labels
 come from class folders or a leading integer in the file name (`mobilenet_jax.evaluate.images`).
---runtime=litert runs a .tflite file in LiteRT itself on the same prepared images.
+--runtime=litert runs a .tflite file in LiteRT itself on the same prepared images;
+--activations=8bit runs our model with a quantized file's 8-bit arithmetic (LiteRT's logits).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 RUNTIMES = ("jax", "litert")
+ACTIVATIONS = ("float", "8bit")
 TOP_K = 5
 
 
@@ -39,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--json", help="write totals and every image's top-5 classes here")
   parser.add_argument("--runtime", choices=RUNTIMES, default="jax",
                       help="jax: our converted model; litert: the .tflite file run by LiteRT")
+  parser.add_argument("--activations", choices=ACTIVATIONS, default="float",
+                      help="float: the converted model as it is (what you fine-tune); 8bit: with "
+                           "a quantized .tflite file's 8-bit rounding of every activation, to "
+                           "reproduce the file's own arithmetic (convert.eight_bit_apply)")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--labels", help="class names, one a line (a 1001-line file whose first "
                                        "line is the background class fits 1000-class models)")
@@ -95,8 +102,9 @@ def agreement(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
 
 
 def predict(weights, paths: Sequence[str], runtime: str = "jax", batch_size: int = 32,
-            progress: bool = True) -> np.ndarray:
-  """Logits [N, classes] of every image, prepared by `weights.recipe`, from our model or LiteRT."""
+            progress: bool = True, activations: str = "float") -> np.ndarray:
+  """Logits [N, classes] of every image, prepared by `weights.recipe`, from our model (float, or
+  with a quantized file's 8-bit activations) or LiteRT."""
   from tqdm import tqdm
 
   from mobilenet_jax.evaluate.images import prepared_batches
@@ -106,6 +114,12 @@ def predict(weights, paths: Sequence[str], runtime: str = "jax", batch_size: int
     if weights.tflite is None:
       raise ValueError("--runtime=litert runs a .tflite file; --weights is not one")
     classify = LiteRTClassifier(weights.tflite, weights.path)
+  elif activations == "8bit":
+    if weights.tflite is None:
+      raise ValueError("--activations=8bit reproduces a quantized .tflite file's arithmetic; "
+                       "--weights is not a .tflite file (use --activations=float)")
+    classify = JaxClassifier(weights.model, weights.variables, batch_size,
+                             eight_bit=weights.tflite)
   else:
     classify = JaxClassifier(weights.model, weights.variables, batch_size)
   out = []
@@ -141,10 +155,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     weights = load_weights(args)
     print(f"{weights.description}\nimages: {len(paths)} under {args.images}, "
           f"{sum(l is not None for l in labels)} labelled; preprocessing "
-          f"({weights.recipe_source}): {weights.recipe.describe()}; runtime: {args.runtime}",
+          f"({weights.recipe_source}): {weights.recipe.describe()}; runtime: {args.runtime}"
+          + (f", {args.activations} activations" if args.runtime == "jax" else ""),
           file=sys.stderr)
     start = time.perf_counter()
-    logits = predict(weights, paths, args.runtime, args.batch_size)
+    logits = predict(weights, paths, args.runtime, args.batch_size,
+                     activations=args.activations)
     seconds = time.perf_counter() - start
     result = summarize(paths, labels, logits, args.images)
     names = _class_names(args.labels, result["num_classes"])
@@ -155,7 +171,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   result.update(weights=os.path.abspath(args.weights), model=weights.description,
-                runtime=args.runtime, preprocessing=weights.recipe.to_dict(), seconds=seconds)
+                runtime=args.runtime,
+                activations=args.activations if args.runtime == "jax" else None,
+                preprocessing=weights.recipe.to_dict(), seconds=seconds)
   if args.print_predictions:
     for image in result["images"]:
       top = [names[c] if names else str(c) for c in image["top5"]]

@@ -17,14 +17,19 @@ import numpy as np
 
 
 class JaxClassifier:
-  """`model.apply(variables, images, train=False)`, jitted once for a fixed batch size."""
+  """`model.apply(variables, images, train=False)`, jitted once for a fixed batch size; with
+  `eight_bit` (a quantized file's `TfliteModel`), with the file's 8-bit activations
+  (`convert.tflite_activations.eight_bit_apply`)."""
 
-  def __init__(self, model: Any, variables: Any, batch_size: int):
+  def __init__(self, model: Any, variables: Any, batch_size: int, eight_bit: Any = None):
     import jax
+
+    from mobilenet_jax.convert.tflite_activations import eight_bit_apply
 
     self.batch_size = batch_size
     self.variables = jax.device_put(variables)
-    self._apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    self._apply = (eight_bit_apply(model, eight_bit) if eight_bit is not None else
+                   jax.jit(lambda v, x: model.apply(v, x, train=False)))
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     n = len(images)
