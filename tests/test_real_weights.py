@@ -219,7 +219,8 @@ def test_round_trip_convert_command_then_evaluate_through_init_from(tmp_path, ca
   assert convert_main(["--source=tflite", f"--weights={name}", f"--out={tmp_path / 'ckpt'}"]) == 0
   assert "mobilenet_v1" in capsys.readouterr().out
   direct, restored = tmp_path / "direct.json", tmp_path / "restored.json"
-  assert evaluate_main([f"--weights={name}", f"--images={photos}", f"--json={direct}"]) == 0
+  assert evaluate_main([f"--weights={name}", f"--images={photos}", f"--json={direct}",
+                        "--activations=float"]) == 0
   assert evaluate_main([f"--weights={tmp_path / 'ckpt'}", f"--images={photos}",
                         f"--json={restored}", f"--agree_with={direct}"]) == 0
   direct, restored = json.loads(direct.read_text()), json.loads(restored.read_text())
@@ -235,7 +236,8 @@ def test_round_trip_convert_command_then_evaluate_through_init_from(tmp_path, ca
 
 
 def test_evaluate_command_scores_labelled_images(tmp_path, capsys):
-  """Labels from `NNN_` file names; totals and per-image top-5 in the JSON; LiteRT as runtime."""
+  """Labels from `NNN_` file names; totals and per-image top-5 in the JSON; LiteRT as runtime,
+  and our model (by default with the file's 8-bit arithmetic) giving LiteRT's top-1."""
   out = tmp_path / "litert.json"
   assert evaluate_main([f"--weights={tflite_path('mobilenet_v1_0.25_128_quant')}",
                         f"--images={DATA / 'imagenet-sample-100'}", "--runtime=litert",
@@ -246,6 +248,14 @@ def test_evaluate_command_scores_labelled_images(tmp_path, capsys):
   hits = sum(i["top5"][0] == i["label"] for i in result["images"])
   assert result["top1"] == hits / 100
   assert f"top-1 {100 * result['top1']:.2f}%" in capsys.readouterr().out
+  # By default our model runs a quantized file with the file's 8-bit arithmetic: LiteRT's top-1.
+  ours = tmp_path / "ours.json"
+  assert evaluate_main([f"--weights={tflite_path('mobilenet_v1_0.25_128_quant')}",
+                        f"--images={DATA / 'imagenet-sample-100'}", f"--json={ours}",
+                        f"--agree_with={out}"]) == 0
+  ours = json.loads(ours.read_text())
+  assert ours["activations"] == "8bit" and ours["agreement"]["top1"] == 1.0
+  assert ours["top1"] == result["top1"]
 
 
 def test_not_a_mobilenet_is_an_error_that_says_what_was_found(tmp_path, capsys):
@@ -267,7 +277,7 @@ def test_not_a_mobilenet_is_an_error_that_says_what_was_found(tmp_path, capsys):
   assert "not a TensorFlow Lite model" in capsys.readouterr().err
 
 
-def test_float_keras_v3_small_export_gives_litert_logits(tmp_path):
+def test_float_keras_v3_small_export_gives_litert_logits(tmp_path, capsys):
   """Keras MobileNetV3Small (random weights and statistics) exported by TensorFlow's converter:
   the converter folds BatchNorm, fuses hard-swish, folds the hard sigmoid's "+3" and ReLU6 into
   the squeeze-excite conv, keeps Keras' 0..255 rescaling; our model must compute LiteRT's logits."""
@@ -286,3 +296,6 @@ def test_float_keras_v3_small_export_gives_litert_logits(tmp_path):
   with pytest.raises(ConversionError, match="is not quantized: eight_bit_apply is for quantized "
                                             "files; run a float file's model as it is"):
     eight_bit_apply(conversion.model(), converted)
+  assert evaluate_main([f"--weights={path}", f"--images={DATA / 'photos'}",
+                        "--activations=8bit"]) == 1
+  assert "is not quantized" in capsys.readouterr().err

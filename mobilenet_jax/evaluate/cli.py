@@ -2,7 +2,7 @@
 
     python -m mobilenet_jax.evaluate --weights=mobilenet_v2_1.0_224_quant.tflite --images=DIR
     python -m mobilenet_jax.evaluate --weights=... --images=DIR --runtime=litert --json=out.json
-    python -m mobilenet_jax.evaluate --weights=FILE.tflite --images=DIR --activations=8bit
+    python -m mobilenet_jax.evaluate --weights=FILE.tflite --images=DIR --activations=float
     python -m mobilenet_jax.evaluate --weights=CHECKPOINT_DIR --images=DIR
     python -m mobilenet_jax.evaluate --source=timm:mobilenetv3_large_100 \\
         --weights=model.safetensors --images=DIR
@@ -10,7 +10,8 @@
 Images are prepared by the weights' own eval recipe (`mobilenet_jax.data.eval_recipes`); labels
 come from class folders or a leading integer in the file name (`mobilenet_jax.evaluate.images`).
 --runtime=litert runs a .tflite file in LiteRT itself on the same prepared images;
---activations=8bit runs our model with a quantized file's 8-bit arithmetic (LiteRT's logits).
+A quantized .tflite file is run by our model with the file's own 8-bit arithmetic (LiteRT's logits,
+`convert.eight_bit_apply`); --activations=float runs the converted float model instead.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 RUNTIMES = ("jax", "litert")
-ACTIVATIONS = ("float", "8bit")
+ACTIVATIONS = ("auto", "float", "8bit")
 TOP_K = 5
 
 
@@ -42,10 +43,11 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--json", help="write totals and every image's top-5 classes here")
   parser.add_argument("--runtime", choices=RUNTIMES, default="jax",
                       help="jax: our converted model; litert: the .tflite file run by LiteRT")
-  parser.add_argument("--activations", choices=ACTIVATIONS, default="float",
-                      help="float: the converted model as it is (what you fine-tune); 8bit: with "
-                           "a quantized .tflite file's 8-bit rounding of every activation, to "
-                           "reproduce the file's own arithmetic (convert.eight_bit_apply)")
+  parser.add_argument("--activations", choices=ACTIVATIONS, default="auto",
+                      help="8bit: our model with a quantized .tflite file's own 8-bit arithmetic "
+                           "(gives LiteRT's logits; convert.eight_bit_apply); float: the converted "
+                           "model as it is (what a checkpoint of it fine-tunes); auto (default): "
+                           "8bit for a quantized V1/V2 .tflite file, float otherwise")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--labels", help="class names, one a line (a 1001-line file whose first "
                                        "line is the background class fits 1000-class models)")
@@ -101,6 +103,13 @@ def agreement(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
   return {"images": n, "top1": same / n, "top1_with_ties": tied / n}
 
 
+def resolve_activations(weights, activations: str) -> str:
+  """'auto' -> '8bit' for a file whose arithmetic `eight_bit_apply` reproduces, else 'float'."""
+  if activations != "auto":
+    return activations
+  return "8bit" if weights.tflite is not None and weights.tflite.eight_bit is not None else "float"
+
+
 def predict(weights, paths: Sequence[str], runtime: str = "jax", batch_size: int = 32,
             progress: bool = True, activations: str = "float") -> np.ndarray:
   """Logits [N, classes] of every image, prepared by `weights.recipe`, from our model (float, or
@@ -118,6 +127,9 @@ def predict(weights, paths: Sequence[str], runtime: str = "jax", batch_size: int
     if weights.tflite is None:
       raise ValueError("--activations=8bit reproduces a quantized .tflite file's arithmetic; "
                        "--weights is not a .tflite file (use --activations=float)")
+    if weights.tflite.eight_bit is None:
+      raise ValueError(f"--activations=8bit: {weights.tflite.no_eight_bit_reason} "
+                       "(use --activations=float)")
     classify = JaxClassifier(weights.model, weights.variables, batch_size,
                              eight_bit=weights.tflite)
   else:
@@ -153,6 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     paths, labels = list_images(args.images)
     weights = load_weights(args)
+    args.activations = resolve_activations(weights, args.activations)
     print(f"{weights.description}\nimages: {len(paths)} under {args.images}, "
           f"{sum(l is not None for l in labels)} labelled; preprocessing "
           f"({weights.recipe_source}): {weights.recipe.describe()}; runtime: {args.runtime}"
