@@ -198,8 +198,9 @@ def _snap(values: Any, step: np.ndarray, what: str) -> np.ndarray:
 def on_file_grid(variables: Any, steps: dict[str, tuple[np.ndarray, np.ndarray]],
                  epsilon: float) -> dict[str, Any]:
   """The converted variables in float64 exactly as the file stores them: each kernel and bias an
-  integer times its step (float32 holds them to 1 part in 10^7, enough to move a sum that lies
-  near a half step across it), and the identity BatchNorm an exact identity."""
+  integer times its step, and the identity BatchNorm an exact identity. A layer's float64 output
+  is then its int32 sum times the sum's step to 1 part in 10^15, so the sum is recovered exactly
+  however large (from float32 weights, held to 1 part in 10^7, only below about 10^6)."""
   from flax import traverse_util
 
   flat = {c: {k: np.asarray(v, np.float64) for k, v in traverse_util.flatten_dict(
@@ -246,11 +247,10 @@ def eight_bit_apply(model: Any, tflite: Any) -> Callable[..., Any]:
   `.tflite` file `tflite` (a path or a `convert.tflite_source.TfliteModel`) rounded to its grids;
   `apply(variables, images, features=True)` gives the feature maps instead.
 
-  `variables` must be the file's (as `from_tflite` gives them): they are put back on the file's
-  grids in float64, and the function (jitted already) computes in float64 inside
-  `jax.enable_x64`. In float32, a sum that lies within float32 rounding of a half step rounds to
-  the other integer often enough (about 1 in 10^4 values) that the differences multiply from
-  layer to layer.
+  `variables` must be the file's (as `from_tflite` gives them; others raise ValueError): they are
+  put back on the file's grids in float64 (`on_file_grid`), and the function (jitted already)
+  computes in float64 inside `jax.enable_x64`, where each layer's int32 sum is exact; the
+  requantization then rounds in float32 as LiteRT does.
   """
   import flax.linen as nn
   import jax
