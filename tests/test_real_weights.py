@@ -93,7 +93,7 @@ def prepared(images):
 @pytest.fixture(scope="module", params=list(FILES))
 def run(request, prepared):
   """(file name, TfliteModel, our logits, LiteRT's logits, our logits with the file's 8-bit
-  activations) on the 108 images."""
+  arithmetic) on the 108 images."""
   name = request.param
   converted = convert_tflite_file(tflite_path(name))
   x = prepared(converted.recipe)
@@ -125,7 +125,7 @@ def agreement(ours: np.ndarray, theirs: np.ndarray) -> float:
   return float(np.mean(theirs[np.arange(len(top1)), top1] == theirs.max(1)))
 
 
-def test_with_the_files_8bit_activations_the_logits_are_litert_s(run):
+def test_the_files_8bit_arithmetic_gives_litert_logits(run):
   """Every logit on the same 8-bit step as LiteRT's, so top-1 (and top-5) agree on every image."""
   name, converted, _, theirs, eight_bit = run
   step = converted.eight_bit.grids["classifier"].scale

@@ -11,7 +11,7 @@ computes x + bias exactly, and the model stays the standard one (fine-tuning re-
 
 A quantized model runs here in float with the dequantized weights: its activations are not
 quantized, so its outputs differ a little from the integer arithmetic of TFLite itself;
-`tflite_activations.eight_bit_apply` adds the file's 8-bit rounding of the activations back.
+`tflite_activations.eight_bit_apply` adds the file's 8-bit arithmetic back (LiteRT's logits).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
 
 Images are prepared by the weights' own eval recipe (`mobilenet_jax.data.eval_recipes`); labels
 come from class folders or a leading integer in the file name (`mobilenet_jax.evaluate.images`).
---runtime=litert runs a .tflite file in LiteRT itself on the same prepared images;
+--runtime=litert runs a .tflite file in LiteRT itself on the same prepared images.
 A quantized .tflite file is run by our model with the file's own 8-bit arithmetic (LiteRT's logits,
 `convert.eight_bit_apply`); --activations=float runs the converted float model instead.
 """
@@ -111,14 +111,15 @@ def resolve_activations(weights, activations: str) -> str:
 
 
 def predict(weights, paths: Sequence[str], runtime: str = "jax", batch_size: int = 32,
-            progress: bool = True, activations: str = "float") -> np.ndarray:
-  """Logits [N, classes] of every image, prepared by `weights.recipe`, from our model (float, or
-  with a quantized file's 8-bit activations) or LiteRT."""
+            progress: bool = True, activations: str = "auto") -> np.ndarray:
+  """Logits [N, classes] of every image, prepared by `weights.recipe`, from our model (in float,
+  or with a quantized file's 8-bit arithmetic: see --activations) or LiteRT."""
   from tqdm import tqdm
 
   from mobilenet_jax.evaluate.images import prepared_batches
   from mobilenet_jax.evaluate.runtimes import JaxClassifier, LiteRTClassifier
 
+  activations = resolve_activations(weights, activations)
   if runtime == "litert":
     if weights.tflite is None:
       raise ValueError("--runtime=litert runs a .tflite file; --weights is not one")
