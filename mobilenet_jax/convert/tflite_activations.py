@@ -156,10 +156,10 @@ def eight_bit_of(graph: Any, walk: Any, names: dict[str, Any], input_affine: tup
   steps = {name: _weight_steps(graph, name, layer) for name, layer in names.items()}
   for name, layer in names.items():
     grid = _grid(tensors[layer.output], f"the output of {name}", graph.path)
-    kernel_step, sum_step = steps[name]
-    f32 = np.float32
-    multiplier = (f32(tensors[layer.op.inputs[0]].scale[0]) * kernel_step.astype(f32)) / f32(
-        grid.scale)
+    sum_step = steps[name][1]
+    # sum_step, the exact float64 product of two float32 scales, rounded to float32 is their
+    # float32 product: the multiplier is LiteRT's (input_scale * kernel_scale) / output_scale.
+    multiplier = sum_step.astype(np.float32) / np.float32(grid.scale)
     grids[name] = dataclasses.replace(grid, sum_step=sum_step, multiplier=multiplier)
   for (earlier, added_to), total in zip(walk.residuals, walk.sums):
     block = next(n.split("/")[0] for n, l in names.items() if l.output == added_to)
