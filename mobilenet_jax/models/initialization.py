@@ -188,11 +188,15 @@ class _Draws:
     draws.position = {d: i for i, d in enumerate(self.order)}
     index = np.asarray([draws._fold_index[self.bits[d][0]] for d in self.order])
     key_data = jax.random.key_data(draws.keys)[index]               # (draws, 2)
-    # Element e of the gathered draw belongs to draw `owner[e]` (its position in `order`); its
-    # counter is its flat index in that draw's own array (what random_bits hashes). The barrier keeps
-    # XLA from evaluating these index arrays at compile time (slow for millions of elements).
-    position = jax.lax.optimization_barrier(jax.lax.iota(jnp.int32, int(offsets[-1])))
-    draws.owner = jnp.searchsorted(offsets[1:-1].astype(np.int32), position, side="right")
+    # Element e of the gathered draw belongs to draw `owner[e]` (its position in `order`): the number
+    # of draws that end at or before e, a prefix sum of ones at the draws' ends (one pass, where a
+    # binary search per element took 4-5x as long). Its counter is its flat index in that draw's own
+    # array (what random_bits hashes). The barriers keep XLA from evaluating these index arrays at
+    # compile time (slow for millions of elements).
+    total = int(offsets[-1])
+    position = jax.lax.optimization_barrier(jax.lax.iota(jnp.int32, total))
+    ends = jax.lax.optimization_barrier(jnp.zeros(total, jnp.int32)).at[offsets[1:-1]].add(1)
+    draws.owner = jnp.cumsum(ends)
     counts = (position - jnp.asarray(offsets[:-1], jnp.int32)[draws.owner]).astype(jnp.uint32)
     hi, lo = threefry2x32_p.bind(key_data[draws.owner, 0], key_data[draws.owner, 1],
                                  jnp.zeros_like(counts), counts)
