@@ -23,6 +23,8 @@ from flax import linen as nn  # noqa: E402
 
 import mobilenet_jax as mj  # noqa: E402
 from mobilenet_jax import export  # noqa: E402
+from mobilenet_jax.export.constant_factors import fold_constant_factors  # noqa: E402
+from mobilenet_jax.tools.random_weights import with_batch_statistics  # noqa: E402
 
 RESOLUTION = 64
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
@@ -161,6 +163,55 @@ def test_int8_is_full_integer_and_smaller(v2):
   x = images(1, seed=4)
   ours, reference = run_tflite(int8_file, x), jax_logits(model, variables, x)
   assert relative_error(ours, reference) < 0.2   # int8 rounding, not a different network
+
+
+def _scalar_factors(jaxpr, computed):
+  """The multiplications and divisions of a map computed from the input (`computed`: the variables
+  that are) by a one-element constant, nested jits and custom derivatives included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    ins = [v for v in eqn.invars if not isinstance(v, jax.extend.core.Literal)]
+    if not any(v in computed for v in ins):
+      continue
+    computed.update(eqn.outvars)
+    for inner in jax.extend.core.jaxprs_in_params(eqn.params):
+      found += _scalar_factors(inner, {w for v, w in zip(eqn.invars, inner.invars) if v in computed})
+    if eqn.primitive.name in ("mul", "div") and any(v.aval.size == 1 for v in eqn.invars):
+      found.append(eqn)
+  return found
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
+def test_constant_factors_move_into_the_next_layer(name):
+  """hard-swish's / 6, the gate's / 6 and the pools' / (H W) leave the int8 export's program, with
+  the same logits (V3-Large also sums two maps that carry different factors: the stem's output and
+  the first block's)."""
+  model, variables = small(name)
+  program = export.deployment_program(model, variables, RESOLUTION, batch=2)
+  folded = fold_constant_factors(program.function, program.input_spec)
+  x = images(2)
+  before = jax.make_jaxpr(program.function)(x).jaxpr
+  after = jax.make_jaxpr(folded)(x).jaxpr
+  assert len(_scalar_factors(before, set(before.invars))) > 10
+  assert _scalar_factors(after, set(after.invars)) == []
+  assert relative_error(np.asarray(jax.jit(folded)(x)),
+                        np.asarray(jax.jit(program.function)(x))) <= TOLERANCE
+
+
+def test_int8_v3_runs_whole_in_xnnpack():
+  """With a trained network's activation ranges (BatchNorm statistics of images), LiteRT's XNNPACK
+  delegate takes the whole int8 MobileNetV3 file: one DELEGATE node, no HARD_SWISH, nothing left to
+  TFLite's int8 kernels (what makes it faster than float, `docs/deploy.md`)."""
+  model = mj.create_model("mobilenet_v3_small", width_multiplier=0.35, num_classes=10)
+  calibration = images(8, seed=6)
+  variables = with_batch_statistics(model, mj.init_variables(model, RESOLUTION), calibration)
+  data = export.to_tflite_int8(model, variables, resolution=RESOLUTION, calibration=calibration)
+  interpreter = Interpreter(model_content=data, num_threads=2)
+  interpreter.allocate_tensors()
+  ops = collections.Counter(op["op_name"] for op in interpreter._get_ops_details())
+  assert "HARD_SWISH" not in ops and ops["DELEGATE"] == 1, ops
+  x = calibration[:1]
+  assert relative_error(run_tflite(data, x), jax_logits(model, variables, x)) < 0.2
 
 
 def test_int8_uint8_input_takes_pixels(v3_small):

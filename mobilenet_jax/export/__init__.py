@@ -16,10 +16,12 @@ Each function returns the file's bytes and writes them to `out` when given.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
+from mobilenet_jax.export.constant_factors import fold_constant_factors
 from mobilenet_jax.export.program import DYNAMIC, Batch, Program, deployment_program, parse_batch
 
 FORMATS = ("tflite", "tflite-int8", "onnx", "stablehlo")
@@ -66,6 +68,10 @@ def to_tflite_int8(model: Any, variables: Mapping[str, Any], out: Optional[str] 
   check_int8_input(input_type, normalization)
   batches = calibration if callable(calibration) else (lambda: [np.asarray(calibration)])
   program = deployment_program(model, variables, resolution, batch, normalization)
+  # Divisions by constants (hard-swish's / 6, the pools' / (H * W)) moved into the next layer's
+  # weights: in int8 each would be a MUL that XNNPACK does not run (`constant_factors.py`).
+  program = dataclasses.replace(program, function=fold_constant_factors(program.function,
+                                                                         program.input_spec))
   return _write(program_to_tflite_int8(program, batches, input_type), out)
 
 

@@ -47,6 +47,7 @@ from mobilenet_jax.models.kernels import KERNELS, resolve_kernels
 from mobilenet_jax.models.registry import create_model
 from mobilenet_jax.models.xla_cpu.inference import CPU_MICRO_BATCH, CPU_SIDE_BY_SIDE, loop_layout
 from mobilenet_jax.tools import host_memory
+from mobilenet_jax.tools.random_weights import with_batch_statistics
 from mobilenet_jax.profile import count_madds
 
 MODELS = {"v1": "mobilenet_v1", "v2": "mobilenet_v2", "v3_large": "mobilenet_v3_large",
@@ -362,7 +363,7 @@ def _deploy_threads(options: argparse.Namespace) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _export_file(kind: str, name: str, resolution: int, batch: int) -> bytes:
-  """The deployment file `kind` of `name` (random weights), made once per process."""
+  """The deployment file `kind` of `name` (random weights, data statistics), made once per process."""
   import tempfile  # pylint: disable=g-import-not-at-top
 
   from mobilenet_jax import export  # pylint: disable=g-import-not-at-top
@@ -378,15 +379,17 @@ def _export_file(kind: str, name: str, resolution: int, batch: int) -> bytes:
       with open(path, "rb") as f:
         return f.read()
   model = create_model(name, num_classes=NUM_CLASSES)
-  variables = init_variables(model, resolution)
+  # Random images: calibration for int8, and BatchNorm statistics that give the activations a
+  # trained network's ranges (XNNPACK's int8 kernels depend on them: tools/random_weights.py).
+  images = np.random.default_rng(0).standard_normal(
+      (max(batch, 8), resolution, resolution, 3)).astype(np.float32)
+  variables = with_batch_statistics(model, init_variables(model, resolution), images)
   if kind == "onnx":
     return export.to_onnx(model, variables, resolution=resolution)
   if kind == "tflite":
     return export.to_tflite(model, variables, resolution=resolution, batch=batch)
-  # Random calibration images: the ranges do not change the speed.
-  calibration = np.random.default_rng(0).standard_normal((max(batch, 8), resolution, resolution, 3))
   return export.to_tflite_int8(model, variables, resolution=resolution, batch=batch,
-                               calibration=calibration.astype(np.float32))
+                               calibration=images)
 
 
 def _check_deploy_mode(framework: str, mode: str, dtype: str) -> None:
