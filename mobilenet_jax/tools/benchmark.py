@@ -405,6 +405,10 @@ def _ort_runner(kind: str, framework: str, name: str, mode: str, batch: int, res
   data = _export_file(kind, name, resolution, 0)
   session_options = ort.SessionOptions()
   session_options.intra_op_num_threads = _deploy_threads(options)
+  # Two sessions take turns in one process: with ORT's default spin-waiting, one session's idle
+  # workers spin on the cores the other needs, and b1 latencies of either swing by 15-20% from run
+  # to run (0.83x-1.12x for the same pair); without it they repeat within 3%.
+  session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
   session = ort.InferenceSession(data, session_options, providers=["CPUExecutionProvider"])
   images = np.random.default_rng(0).standard_normal(
       (batch, 3, resolution, resolution)).astype(np.float32)
