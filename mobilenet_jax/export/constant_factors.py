@@ -12,8 +12,10 @@ divided by it), and the linear layer absorbs it into its weights:
 `W (x / 6) = (W / 6) x`. `fold_constant_factors` rewrites a traced program that way: each value
 carries a pending factor, the next convolution or matrix product takes it into its (constant)
 weights, and the factor never becomes an operation of its own. Where two maps with different
-factors meet (a residual sum), or an operation that does not commute with them, the factor is
-applied there as a plain multiplication. The values are the program's up to float rounding.
+factors meet in a sum (V3-Large's stem output and its first block's), the one that ends in a
+convolution and its bias is computed with its weights and bias scaled to match; where neither can
+be, or before an operation that does not commute, the factor is applied as a plain multiplication.
+The values are the program's up to float rounding.
 """
 
 from __future__ import annotations
