@@ -283,3 +283,55 @@ def test_cli_round_trip(tmp_path, capsys, v3_small):
   assert main([f"--weights={checkpoint}", "--format=tflite", f"--out={out}",
                "--layout=nhwc"]) == 1
   assert "--layout applies to --format=onnx only" in capsys.readouterr().err
+
+
+def test_exported_tflite_files_are_scored_by_evaluate(tmp_path, capsys, v2):
+  """An exported file records its eval recipe and input; `python -m mobilenet_jax.evaluate
+  --runtime=litert` scores it on the same prepared images as our model (float: JAX's logits;
+  int8 with uint8 pixels: within int8 rounding), and the JAX runtime refuses it with what to do."""
+  from PIL import Image
+
+  from mobilenet_jax.convert import from_tflite
+  from mobilenet_jax.convert.assemble import ConversionError
+  from mobilenet_jax.data.eval_recipes import tf_slim
+  from mobilenet_jax.evaluate import cli as evaluate
+  from mobilenet_jax.evaluate.images import list_images, prepared_batches
+  from mobilenet_jax.evaluate.weights import load_weights
+  from mobilenet_jax.export.cli import main as export_main
+  from mobilenet_jax.export.tflite_metadata import read_metadata
+  from mobilenet_jax.pretrained import save_pretrained
+
+  model, variables = v2
+  folder = tmp_path / "images"
+  folder.mkdir()
+  for i, pixels in enumerate(np.random.default_rng(7).integers(0, 256, (12, 80, 96, 3))):
+    Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+  paths, _ = list_images(str(folder))
+  recipe = tf_slim(RESOLUTION)
+  reference = jax_logits(model, variables, next(prepared_batches(paths, recipe, len(paths))))
+
+  float_file = tmp_path / "float.tflite"
+  export.to_tflite(model, variables, str(float_file), resolution=RESOLUTION,
+                   preprocessing=recipe.to_dict(), description="mobilenet_v2 x0.35")
+  assert read_metadata(str(float_file))["preprocessing"] == recipe.to_dict()
+  out = tmp_path / "float.json"
+  assert evaluate.main([f"--weights={float_file}", f"--images={folder}", "--runtime=litert",
+                        f"--json={out}"]) == 0
+  scored = lambda path: evaluate.predict(load_weights(evaluate._parser().parse_args(
+      [f"--weights={path}", f"--images={folder}"])), paths, "litert", progress=False)
+  assert relative_error(scored(float_file), reference) <= TOLERANCE
+  assert evaluate.main([f"--weights={float_file}", f"--images={folder}"]) == 1
+  assert "--runtime=litert" in capsys.readouterr().err
+  with pytest.raises(ConversionError, match="exported by mobilenet_jax"):
+    from_tflite(str(float_file))
+
+  checkpoint = tmp_path / "checkpoint"
+  save_pretrained(str(checkpoint), "mobilenet_v2", {"width_multiplier": 0.35, "num_classes": 10},
+                  variables)
+  int8_file = tmp_path / "int8.tflite"
+  assert export_main([f"--weights={checkpoint}", "--format=tflite-int8", f"--out={int8_file}",
+                      f"--resolution={RESOLUTION}", f"--calibration={folder}",
+                      "--input=uint8"]) == 0
+  meta = read_metadata(str(int8_file))
+  assert meta["input"] == "uint8" and meta["normalization"] == "inception"
+  assert relative_error(scored(int8_file), reference) < 0.2

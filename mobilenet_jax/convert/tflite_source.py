@@ -276,6 +276,13 @@ def _normalization(spec: TfliteInput, path: str) -> str:
 
 def convert_tflite_file(path: str, drop_background: bool = True) -> TfliteModel:
   """`.tflite` -> `TfliteModel` (the conversion plus its input, logits and eval recipe)."""
+  from mobilenet_jax.export.tflite_metadata import read_metadata
+
+  if read_metadata(path) is not None:
+    raise ConversionError(f"{path} was exported by mobilenet_jax: its graph (BatchNorm folded, "
+                          "int8-friendly) is not read back into our model; use the weights it was "
+                          "exported from (python -m mobilenet_jax.evaluate --runtime=litert scores "
+                          "the file itself)")
   graph = read_tflite(path)
   w = walk(graph)
   names = _segment(w, path)

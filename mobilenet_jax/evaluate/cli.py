@@ -120,6 +120,10 @@ def predict(weights, paths: Sequence[str], runtime: str = "jax", batch_size: int
   from mobilenet_jax.evaluate.runtimes import JaxClassifier, LiteRTClassifier
 
   activations = resolve_activations(weights, activations)
+  if runtime != "litert" and weights.model is None:
+    raise ValueError(f"{weights.path} was exported by mobilenet_jax: its graph (BatchNorm "
+                     "folded) is not read back into our model; evaluate it with "
+                     "--runtime=litert, or evaluate the weights it was exported from")
   if runtime == "litert":
     if weights.tflite is None:
       raise ValueError("--runtime=litert runs a .tflite file; --weights is not one")

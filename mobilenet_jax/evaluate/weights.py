@@ -7,12 +7,14 @@ import argparse
 import dataclasses
 from typing import Any, Optional
 
+import numpy as np
+
 from mobilenet_jax.data.eval_recipes import EvalRecipe, tf_slim, torchvision
 
 
 @dataclasses.dataclass
 class Weights:
-  model: Any                 # the Flax module
+  model: Any                 # the Flax module (None for a file exported here: LiteRT only)
   variables: Any
   recipe: EvalRecipe
   recipe_source: str         # where the recipe comes from, for the report
@@ -46,6 +48,64 @@ def _from_checkpoint(directory: str) -> Weights:
                  path=directory)
 
 
+@dataclasses.dataclass(frozen=True)
+class ExportedInput:
+  """The input of a `.tflite` file exported here: normalised float32 images, or (with
+  `normalization`) 0..255 pixels that the file normalises itself, quantized by `scale`."""
+  index: int
+  dtype: Any
+  normalization: Optional[str] = None
+  scale: float = 1.0
+  zero_point: int = 0
+
+  def from_model_input(self, x: np.ndarray) -> np.ndarray:
+    """Normalised images (what our model reads) -> the file's input tensor values."""
+    if self.normalization is None:
+      return np.asarray(x, self.dtype)
+    from mobilenet_jax.export.program import PIXEL_NORMALIZATIONS
+    mean, std = (np.asarray(v, np.float64) for v in PIXEL_NORMALIZATIONS[self.normalization])
+    pixels = np.asarray(x, np.float64) * std + mean
+    info = np.iinfo(self.dtype)
+    return np.clip(np.round(pixels / self.scale + self.zero_point), info.min, info.max
+                   ).astype(self.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedTflite:
+  """A `.tflite` file exported by `python -m mobilenet_jax.export`: run by LiteRT only (its graph,
+  BatchNorm folded and int8-friendly, is not read back into our model)."""
+  input: ExportedInput
+  logits: int                 # the output tensor: float32 logits
+  background: bool = False
+  eight_bit: Any = None
+  no_eight_bit_reason: str = ("an exported file is run by LiteRT (--runtime=litert); evaluate the "
+                              "weights it was exported from for our model's figures")
+
+
+def _from_export(path: str, meta: dict[str, Any]) -> Weights:
+  import tflite
+
+  with open(path, "rb") as f:
+    graph = tflite.Model.GetRootAs(f.read(), 0).Subgraphs(0)
+  tensor = graph.Tensors(graph.Inputs(0))
+  dtype = {0: np.float32, 3: np.uint8, 9: np.int8}[tensor.Type()]
+  spec = ExportedInput(graph.Inputs(0), dtype)
+  if meta.get("input") == "uint8":
+    quantization = tensor.Quantization()
+    spec = ExportedInput(graph.Inputs(0), dtype, meta["normalization"],
+                         float(quantization.ScaleAsNumpy()[0]),
+                         int(quantization.ZeroPointAsNumpy()[0]))
+  resolution = int(tensor.ShapeAsNumpy()[1])
+  if meta.get("preprocessing"):
+    recipe, how = EvalRecipe.from_dict(meta["preprocessing"]), "recorded in the file"
+  elif meta.get("padding", "same") == "same":
+    recipe, how = tf_slim(resolution), "assumed: TF weights (padding 'same'), none recorded"
+  else:
+    recipe, how = torchvision(resolution), "assumed: PyTorch weights (padding 'symmetric'), none recorded"
+  return Weights(None, None, recipe, how, f"{meta['description']} (exported by mobilenet_jax)",
+                 ExportedTflite(spec, graph.Outputs(0)), path)
+
+
 def load_weights(args: argparse.Namespace) -> Weights:
   """Reads `args.weights` (see `cli.main`'s --weights and --source)."""
   import os
@@ -62,6 +122,11 @@ def load_weights(args: argparse.Namespace) -> Weights:
                      "or tflite) to say how to read it")
   if args.source == "tflite":
     from mobilenet_jax.convert.tflite_source import convert_tflite_file
+    from mobilenet_jax.export.tflite_metadata import read_metadata
+
+    meta = read_metadata(path)
+    if meta is not None:
+      return _from_export(path, meta)
 
     tflite = convert_tflite_file(path, not args.keep_background)
     conversion = tflite.conversion

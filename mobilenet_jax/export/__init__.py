@@ -41,25 +41,47 @@ def _require(module: str, what: str) -> None:
     raise ImportError(f"{what} needs the package {module!r}: pip install mobilenet_jax[export]")
 
 
+def _with_metadata(data: bytes, model: Any, resolution: int, input_type: str,
+                   normalization: Optional[str], preprocessing: Optional[Mapping[str, Any]],
+                   description: Optional[str]) -> bytes:
+  """The file with what `python -m mobilenet_jax.evaluate` needs to score it (`tflite_metadata.py`)."""
+  from mobilenet_jax.export.tflite_metadata import add_metadata
+  return add_metadata(data, {
+      "description": description or f"{type(model).__name__} {model.num_classes} classes",
+      "resolution": resolution, "input": input_type, "normalization": normalization,
+      "padding": model.padding, "preprocessing": dict(preprocessing) if preprocessing else None})
+
+
 def to_tflite(model: Any, variables: Mapping[str, Any], out: Optional[str] = None, *,
-              resolution: int = 224, batch: Batch = 1) -> bytes:
-  """Float32 `.tflite` of NHWC images [batch, R, R, 3], normalised as the JAX model takes them."""
+              resolution: int = 224, batch: Batch = 1,
+              preprocessing: Optional[Mapping[str, Any]] = None,
+              description: Optional[str] = None) -> bytes:
+  """Float32 `.tflite` of NHWC images [batch, R, R, 3], normalised as the JAX model takes them.
+
+  `preprocessing` (the weights' eval recipe, `EvalRecipe.to_dict()`) and `description` are recorded
+  in the file, for `python -m mobilenet_jax.evaluate --runtime=litert` (the export command records
+  them itself).
+  """
   from mobilenet_jax.export.tflite_export import check_batch, program_to_tflite
   _require("tensorflow", "TFLite export")
   check_batch(parse_batch(batch))
-  return _write(program_to_tflite(deployment_program(model, variables, resolution, batch)), out)
+  data = program_to_tflite(deployment_program(model, variables, resolution, batch))
+  return _write(_with_metadata(data, model, resolution, "float32", None, preprocessing,
+                               description), out)
 
 
 def to_tflite_int8(model: Any, variables: Mapping[str, Any], out: Optional[str] = None, *,
                    calibration: Calibration, resolution: int = 224, batch: Batch = 1,
-                   input_type: str = "float32", normalization: Optional[str] = None) -> bytes:
+                   input_type: str = "float32", normalization: Optional[str] = None,
+                   preprocessing: Optional[Mapping[str, Any]] = None,
+                   description: Optional[str] = None) -> bytes:
   """Full-integer int8 `.tflite` (per-channel int8 weights, int8 activations, float32 logits).
 
   `calibration`: float32 images [N, R, R, 3] (a few hundred representative ones; a hundred is
   enough for MobileNets), or a function returning an iterable of such batches. They are normalised
   images for `input_type="float32"`, and 0..255 pixels for `input_type="uint8"`, whose model
   normalises its input itself with `normalization` ("inception", "imagenet" or "unit", the
-  weights' own; required then).
+  weights' own; required then). `preprocessing` and `description`: as for `to_tflite`.
   """
   from mobilenet_jax.export.tflite_export import (check_batch, check_int8_input,
                                                   program_to_tflite_int8)
@@ -72,7 +94,9 @@ def to_tflite_int8(model: Any, variables: Mapping[str, Any], out: Optional[str] 
   # weights: in int8 each would be a MUL that XNNPACK does not run (`constant_factors.py`).
   program = dataclasses.replace(program, function=fold_constant_factors(program.function,
                                                                          program.input_spec))
-  return _write(program_to_tflite_int8(program, batches, input_type), out)
+  data = program_to_tflite_int8(program, batches, input_type)
+  return _write(_with_metadata(data, model, resolution, input_type, normalization, preprocessing,
+                               description), out)
 
 
 def to_onnx(model: Any, variables: Mapping[str, Any], out: Optional[str] = None, *,

@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> str:
     options.update(input_type=args.input, normalization=recipe.normalization if pixels else None,
                    calibration=lambda: calibration_batches(args.calibration, recipe, pixels,
                                                            args.calibration_images))
+  if args.format.startswith("tflite"):   # recorded in the file, for python -m mobilenet_jax.evaluate
+    options.update(preprocessing=dataclasses.replace(recipe, resolution=resolution).to_dict(),
+                   description=weights.description)
   data = export.export(weights.model, weights.variables, args.format, args.out, **options)
   return (f"wrote {os.path.abspath(args.out)}: {args.format}, {len(data) / 2**20:.2f} MiB, "
           f"{weights.description}, {resolution}x{resolution}")

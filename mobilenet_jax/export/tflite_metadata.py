@@ -1,0 +1,55 @@
+"""What a `.tflite` file exported here says about itself: the network, and how to prepare its images.
+
+Exported files fold BatchNorm, pool with a sum and (int8) write hard-swish without its `/ 6`: graphs
+that the reader of released MobileNets (`convert/tflite_source.py`) does not turn back into our
+model. So each file carries a TFLite metadata entry (`Model.metadata`: a name and a buffer) named
+`mobilenet_jax`, holding JSON: the network's description, the eval recipe of its weights (resize,
+crop, normalisation) and its input ("float32": normalised images; "uint8": 0..255 pixels normalised
+inside). `python -m mobilenet_jax.evaluate --runtime=litert` reads it to score the file in LiteRT.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+KEY = "mobilenet_jax"
+
+
+def add_metadata(data: bytes, info: Mapping[str, Any]) -> bytes:
+  """`data` (a `.tflite` flatbuffer) with the metadata entry `KEY` holding `info` as JSON."""
+  from tensorflow.lite.python import schema_py_generated as schema
+  from tensorflow.lite.tools import flatbuffer_utils
+
+  model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+  buffer = schema.BufferT()
+  buffer.data = np.frombuffer(json.dumps(dict(info)).encode(), np.uint8)
+  model.buffers.append(buffer)
+  entry = schema.MetadataT()
+  entry.name, entry.buffer = KEY, len(model.buffers) - 1
+  model.metadata = [m for m in (model.metadata or []) if m.name != KEY.encode()] + [entry]
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_metadata(path: str) -> Optional[dict[str, Any]]:
+  """The JSON of `path`'s `KEY` metadata entry; None for a file exported elsewhere."""
+  import tflite
+
+  with open(path, "rb") as f:
+    buf = f.read()
+  if len(buf) < 8 or buf[4:8] != b"TFL3":
+    return None
+  model = tflite.Model.GetRootAs(buf, 0)
+  for i in range(model.MetadataLength()):
+    entry = model.Metadata(i)
+    if entry.Name() is None or entry.Name().decode() != KEY:
+      continue
+    buffer = model.Buffers(entry.Buffer())
+    if buffer.Offset() > 1:   # stored after the flatbuffer (files over 2 GB)
+      raw = buf[buffer.Offset():buffer.Offset() + buffer.Size()]
+    else:
+      raw = buffer.DataAsNumpy().tobytes()
+    return json.loads(raw)
+  return None
