@@ -101,7 +101,8 @@ def _from_export(path: str, meta: dict[str, Any]) -> Weights:
   elif meta.get("padding", "same") == "same":
     recipe, how = tf_slim(resolution), "assumed: TF weights (padding 'same'), none recorded"
   else:
-    recipe, how = torchvision(resolution), "assumed: PyTorch weights (padding 'symmetric'), none recorded"
+    recipe = torchvision(resolution)
+    how = "assumed: PyTorch weights (padding 'symmetric'), none recorded"
   return Weights(None, None, recipe, how, f"{meta['description']} (exported by mobilenet_jax)",
                  ExportedTflite(spec, graph.Outputs(0)), path)
 

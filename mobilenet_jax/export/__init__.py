@@ -44,7 +44,7 @@ def _require(module: str, what: str) -> None:
 def _with_metadata(data: bytes, model: Any, resolution: int, input_type: str,
                    normalization: Optional[str], preprocessing: Optional[Mapping[str, Any]],
                    description: Optional[str]) -> bytes:
-  """The file with what `python -m mobilenet_jax.evaluate` needs to score it (`tflite_metadata.py`)."""
+  """The file, with what `python -m mobilenet_jax.evaluate` needs to score it."""
   from mobilenet_jax.export.tflite_metadata import add_metadata
   return add_metadata(data, {
       "description": description or f"{type(model).__name__} {model.num_classes} classes",

@@ -363,7 +363,7 @@ def _deploy_threads(options: argparse.Namespace) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _export_file(kind: str, name: str, resolution: int, batch: int) -> bytes:
-  """The deployment file `kind` of `name` (random weights, data statistics), made once per process."""
+  """The deployment file `kind` of `name` (random weights and data statistics), made once."""
   import tempfile  # pylint: disable=g-import-not-at-top
 
   from mobilenet_jax import export  # pylint: disable=g-import-not-at-top

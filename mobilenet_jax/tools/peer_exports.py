@@ -4,9 +4,9 @@
     python -m mobilenet_jax.tools.peer_exports keras_int8 mobilenet_v2 224 OUT.tflite
     python -m mobilenet_jax.tools.peer_exports torchvision mobilenet_v2 224 OUT.onnx
 
-keras: `keras.applications` (random weights, BatchNorm statistics of 8 random images, as ours) through
-`tf.lite.TFLiteConverter.from_keras_model`, on Keras's TensorFlow backend (so in a process of its
-own: the benchmark runs Keras on JAX).
+keras: `keras.applications` (random weights, BatchNorm statistics of 8 random images, as ours)
+through `tf.lite.TFLiteConverter.from_keras_model`, on Keras's TensorFlow backend (so in a process
+of its own: the benchmark runs Keras on JAX).
 keras_int8: the same, full-integer post-training quantization as TensorFlow documents it
 (`Optimize.DEFAULT`, a representative dataset, `TFLITE_BUILTINS_INT8`; float input and output),
 calibrated on those 8 images.
@@ -44,7 +44,8 @@ def _keras_tflite_here(name: str, resolution: int, out: str, int8: bool = False)
   if name.startswith("mobilenet_v3"):
     options["include_preprocessing"] = False
   model = getattr(keras.applications, KERAS_MODELS[name])(**options)
-  images = np.random.default_rng(0).standard_normal((8, resolution, resolution, 3)).astype(np.float32)
+  images = np.random.default_rng(0).standard_normal((8, resolution, resolution, 3))
+  images = images.astype(np.float32)
   # BatchNorm statistics of the images' activations, as ours get them (tools/random_weights.py):
   # a trained network's ranges, which XNNPACK's int8 kernels depend on.
   for layer in model.layers:
