@@ -80,6 +80,7 @@ class Graph:
   ops: list[Op]
   inputs: tuple[int, ...]
   outputs: tuple[int, ...]
+  metadata: tuple[str, ...] = ()   # names of the model's metadata entries
 
   def __post_init__(self):
     self._constants: dict[int, np.ndarray] = {}
@@ -203,5 +204,7 @@ def read_tflite(path: str) -> Graph:
     inputs = tuple(int(i) for i in op.InputsAsNumpy()) if op.InputsLength() else ()
     outputs = tuple(int(i) for i in op.OutputsAsNumpy()) if op.OutputsLength() else ()
     ops.append(Op(j, name, inputs, outputs, _options(op, name)))
+  metadata = tuple(model.Metadata(i).Name().decode(errors="replace")
+                   for i in range(model.MetadataLength()) if model.Metadata(i).Name() is not None)
   return Graph(path, tensors, ops, tuple(int(i) for i in graph.InputsAsNumpy()),
-               tuple(int(i) for i in graph.OutputsAsNumpy()))
+               tuple(int(i) for i in graph.OutputsAsNumpy()), metadata)

@@ -51,14 +51,15 @@ class TfliteInput:
   """What the file's input tensor holds, to feed it the images our model gets.
 
   Our model's input x (normalised image) relates to the file's input value v (real, after
-  dequantization) by x = affine[0] * v + affine[1] (a rescaling inside the graph; else identity).
+  dequantization) by x = affine[0] * v + affine[1] (a rescaling inside the graph; else identity;
+  per-channel arrays for a file that normalises 0..255 pixels with ImageNet's mean and std).
   """
   index: int
   shape: tuple[int, ...]
   dtype: Any
   scale: Optional[float]
   zero_point: Optional[int]
-  affine: tuple[float, float]
+  affine: tuple[Any, Any]
 
   def from_model_input(self, x: np.ndarray) -> np.ndarray:
     """Normalised images (what our model reads) -> the file's input tensor values."""
@@ -276,14 +277,14 @@ def _normalization(spec: TfliteInput, path: str) -> str:
 
 def convert_tflite_file(path: str, drop_background: bool = True) -> TfliteModel:
   """`.tflite` -> `TfliteModel` (the conversion plus its input, logits and eval recipe)."""
-  from mobilenet_jax.export.tflite_metadata import read_metadata
+  from mobilenet_jax.export.tflite_metadata import KEY
 
-  if read_metadata(path) is not None:
+  graph = read_tflite(path)
+  if KEY in graph.metadata:
     raise ConversionError(f"{path} was exported by mobilenet_jax: its graph (BatchNorm folded, "
                           "int8-friendly) is not read back into our model; use the weights it was "
                           "exported from (python -m mobilenet_jax.evaluate --runtime=litert scores "
                           "the file itself)")
-  graph = read_tflite(path)
   w = walk(graph)
   names = _segment(w, path)
   conversion = convert_family(_source(names), _family(names, _padding(names, path), path),

@@ -49,32 +49,10 @@ def _from_checkpoint(directory: str) -> Weights:
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportedInput:
-  """The input of a `.tflite` file exported here: normalised float32 images, or (with
-  `normalization`) 0..255 pixels that the file normalises itself, quantized by `scale`."""
-  index: int
-  dtype: Any
-  normalization: Optional[str] = None
-  scale: float = 1.0
-  zero_point: int = 0
-
-  def from_model_input(self, x: np.ndarray) -> np.ndarray:
-    """Normalised images (what our model reads) -> the file's input tensor values."""
-    if self.normalization is None:
-      return np.asarray(x, self.dtype)
-    from mobilenet_jax.export.program import PIXEL_NORMALIZATIONS
-    mean, std = (np.asarray(v, np.float64) for v in PIXEL_NORMALIZATIONS[self.normalization])
-    pixels = np.asarray(x, np.float64) * std + mean
-    info = np.iinfo(self.dtype)
-    return np.clip(np.round(pixels / self.scale + self.zero_point), info.min, info.max
-                   ).astype(self.dtype)
-
-
-@dataclasses.dataclass(frozen=True)
 class ExportedTflite:
   """A `.tflite` file exported by `python -m mobilenet_jax.export`: run by LiteRT only (its graph,
   BatchNorm folded and int8-friendly, is not read back into our model)."""
-  input: ExportedInput
+  input: Any                  # convert.tflite_source.TfliteInput
   logits: int                 # the output tensor: float32 logits
   background: bool = False
   eight_bit: Any = None
@@ -82,20 +60,24 @@ class ExportedTflite:
                               "weights it was exported from for our model's figures")
 
 
-def _from_export(path: str, meta: dict[str, Any]) -> Weights:
+def _from_export(path: str, data: bytes, meta: dict[str, Any]) -> Weights:
   import tflite
 
-  with open(path, "rb") as f:
-    graph = tflite.Model.GetRootAs(f.read(), 0).Subgraphs(0)
+  from mobilenet_jax.convert.tflite_source import TfliteInput
+
+  graph = tflite.Model.GetRootAs(data, 0).Subgraphs(0)
   tensor = graph.Tensors(graph.Inputs(0))
   dtype = {0: np.float32, 3: np.uint8, 9: np.int8}[tensor.Type()]
-  spec = ExportedInput(graph.Inputs(0), dtype)
-  if meta.get("input") == "uint8":
+  shape = tuple(int(d) for d in tensor.ShapeAsNumpy())
+  spec = TfliteInput(graph.Inputs(0), shape, dtype, None, None, (1.0, 0.0))
+  if meta.get("input") == "uint8":   # 0..255 pixels, normalised by the file: x = (p - mean) / std
+    from mobilenet_jax.export.program import PIXEL_NORMALIZATIONS
+
+    mean, std = (np.asarray(v, np.float64) for v in PIXEL_NORMALIZATIONS[meta["normalization"]])
     quantization = tensor.Quantization()
-    spec = ExportedInput(graph.Inputs(0), dtype, meta["normalization"],
-                         float(quantization.ScaleAsNumpy()[0]),
-                         int(quantization.ZeroPointAsNumpy()[0]))
-  resolution = int(tensor.ShapeAsNumpy()[1])
+    spec = TfliteInput(graph.Inputs(0), shape, dtype, float(quantization.ScaleAsNumpy()[0]),
+                       int(quantization.ZeroPointAsNumpy()[0]), (1 / std, -mean / std))
+  resolution = shape[1]
   if meta.get("preprocessing"):
     recipe, how = EvalRecipe.from_dict(meta["preprocessing"]), "recorded in the file"
   elif meta.get("padding", "same") == "same":
@@ -125,9 +107,11 @@ def load_weights(args: argparse.Namespace) -> Weights:
     from mobilenet_jax.convert.tflite_source import convert_tflite_file
     from mobilenet_jax.export.tflite_metadata import read_metadata
 
-    meta = read_metadata(path)
+    with open(path, "rb") as f:
+      data = f.read()
+    meta = read_metadata(data)
     if meta is not None:
-      return _from_export(path, meta)
+      return _from_export(path, data, meta)
 
     tflite = convert_tflite_file(path, not args.keep_background)
     conversion = tflite.conversion

@@ -11,7 +11,7 @@ inside). `python -m mobilenet_jax.evaluate --runtime=litert` reads it to score t
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
@@ -33,12 +33,16 @@ def add_metadata(data: bytes, info: Mapping[str, Any]) -> bytes:
   return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def read_metadata(path: str) -> Optional[dict[str, Any]]:
-  """The JSON of `path`'s `KEY` metadata entry; None for a file exported elsewhere."""
+def read_metadata(file: Union[str, bytes]) -> Optional[dict[str, Any]]:
+  """The JSON of the `KEY` metadata entry of `file` (a path, or the file's bytes); None for a file
+  exported elsewhere."""
   import tflite
 
-  with open(path, "rb") as f:
-    buf = f.read()
+  if isinstance(file, str):
+    with open(file, "rb") as f:
+      buf = f.read()
+  else:
+    buf = file
   if len(buf) < 8 or buf[4:8] != b"TFL3":
     return None
   model = tflite.Model.GetRootAs(buf, 0)
