@@ -13,7 +13,9 @@ step, and what the test suite's and the training job's start-up choices save.
   and what of it its train step took to compile or load from the cache, on a first start (empty
   compilation cache) and on a second start (another workdir, same cache).
 - init: `model.init` of V3-Large at 224 under `jax.jit`, and `mj.init_variables` (the same program
-  evaluated vectorised: `models/initialization.py`), in seconds; both give the same values.
+  evaluated vectorised: `models/initialization.py`), in seconds; both give the same values. Also
+  `jax.eval_shape` of the init (its tracing alone): with `jax.jit(model.init)`, a yardstick of
+  how fast the machine runs against the figures the start-up goals were set with.
 - fusion_emitters: compile time of an unoptimised (JAX_DISABLE_MOST_OPTIMIZATIONS) training gradient
   of MobileNetV2 x0.35, batch 32, 32x32, with XLA:CPU's MLIR fusion emitters (XLA's default) and with
   its loop emitters (`--xla_cpu_use_fusion_emitters=false`, what tests/fast_compile.py sets).
@@ -42,7 +44,8 @@ VARIANTS = {
                         "loop emitters": "--xla_cpu_use_fusion_emitters=false"},
     "eager_init": {"eager": "eager", "jitted": "jit"},
     "autograph": {"AutoGraph": "autograph", "graph_function": "plain"},
-    "init": {"jax.jit(model.init)": "jit", "mj.init_variables": "init_variables"},
+    "init": {"jax.jit(model.init)": "jit", "mj.init_variables": "init_variables",
+             "jax.eval_shape(model.init)": "eval_shape"},
 }
 # Studies that run a sequence of processes sharing one compilation cache (cold, then warm).
 CACHE_STUDIES = ("first_logits", "readme_snippet", "main_job")
@@ -146,9 +149,11 @@ def _measure(study: str, variant: str) -> float:
   if study == "init":
     model = create_model("mobilenet_v3_large")
     start = time.perf_counter()
+    images = jnp.zeros((1, 224, 224, 3), jnp.float32)
     if variant == "jit":
-      images = jnp.zeros((1, 224, 224, 3), jnp.float32)
       jax.block_until_ready(jax.jit(lambda: model.init(jax.random.key(0), images, train=False))())
+    elif variant == "eval_shape":   # tracing alone: a yardstick of the Python side's speed
+      jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
     else:
       jax.block_until_ready(init_variables(model, 224, seed=0))
     return time.perf_counter() - start
