@@ -46,7 +46,7 @@ class _Scaled:
     self.value, self.factor, self.rescaled = value, factor, rescaled
 
   def materialized(self) -> Any:
-    return self.value if self.factor == 1.0 else self.value * np.float32(self.factor)
+    return _scaled_constant(self.value, self.factor)
 
 
 def fold_constant_factors(function: Callable[[jax.Array], jax.Array],
@@ -73,6 +73,7 @@ def _scalar(value: Any) -> Any:
 
 
 def _scaled_constant(value: Any, factor: float) -> Any:
+  """`value * factor` (a multiplication only where the factor is not 1)."""
   return value if factor == 1.0 else value * np.float32(factor)
 
 
