@@ -260,13 +260,18 @@ def test_init_from_pretrained_directory(run, tmp_path):
   pretrained.save_pretrained(str(tmp_path / "pytorch"), "mobilenet_v3_small_minimal",
                              {"width_multiplier": 0.35, "num_classes": 10, "bn_epsilon": 1e-5},
                              variables)
-  config = run["config"].copy_and_resolve_references()   # bn_epsilon 1e-3, the TF default
+  config = run["config"].copy_and_resolve_references()
   config.eval_only, config.init_from = True, str(tmp_path / "pytorch")
+  config.model.bn_epsilon = 1e-3   # set by the config: kept, and the checkpoint's 1e-5 differs
   with pytest.raises(ValueError, match=r"trained with bn_epsilon=1e-05 but the config has "
                                        r"model.bn_epsilon=0.001; set "
                                        r"--config.model.bn_epsilon=1e-05"):
     train.train_and_evaluate(config, str(tmp_path / "run_epsilon"))
   assert not (tmp_path / "run_epsilon" / "config.json").exists()
+  config.model.bn_epsilon = None   # unset: the checkpoint's
+  train.train_and_evaluate(config, str(tmp_path / "run_epsilon"))
+  with open(tmp_path / "run_epsilon" / "config.json") as f:
+    assert json.load(f)["model"]["bn_epsilon"] == 1e-5
 
 
 @pytest.mark.parametrize("name,width", list(FIRST_MISMATCH))

@@ -19,6 +19,8 @@ import time
 import ml_collections
 import numpy as np
 
+from mobilenet_jax.data import config as data_config
+
 
 def _time(iterator, steps: int, batch: int) -> float:
   next(iterator)  # warm-up: builds the pipeline, fills caches and prefetch buffers
@@ -37,7 +39,7 @@ def _synthetic_jpeg_iterators(width: int, height: int, config, batch: int):
   jpeg = tf.io.encode_jpeg(image, quality=90)
   dc = config.dataset
   common = dict(resolution=config.resolution, method=dc.resize_method, antialias=dc.antialias,
-                normalization=dc.normalization)
+                normalization=data_config.normalization(dc))
   train = functools.partial(preprocess.train_image, augment="inception_crop_flip",
                             pad_pixels=dc.pad_pixels, **common)
   evaluate = functools.partial(preprocess.eval_image, crop_fraction=dc.crop_fraction, **common)

@@ -25,7 +25,8 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     crop_fraction: eval centre crop for natural images, the side of the central square kept before resizing
       to the resolution (0.875 = 224/256, Inception/ResNet convention); pad_crop datasets keep the whole image.
     normalization: "imagenet" ((x/255 - mean)/std, torchvision/timm), "inception" (x/127.5 - 1, TF-slim and
-      Keras MobileNets), "unit" (x/255).
+      Keras MobileNets), "unit" (x/255); None: what the `init_from` weights expect (their model.json), else
+      "imagenet".
     augment: "auto" (natural images: "inception_crop_flip"; small images of digits: "pad_crop"),
       "inception_crop_flip" (random-resized crop, area 0.08-1, aspect 3/4-4/3, + horizontal flip),
       "inception_crop" (same without flip), "pad_crop" (pad `pad_pixels`, random crop back: translations
@@ -46,7 +47,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
   config.resize_method = "bilinear"
   config.antialias = True
   config.crop_fraction = 0.875
-  config.normalization = "imagenet"
+  config.normalization = ml_collections.config_dict.placeholder(str)  # None: see above
   config.augment = "auto"
   config.pad_pixels = 4
   config.shuffle_buffer = 16_384
@@ -54,3 +55,8 @@ def default_dataset_config() -> ml_collections.ConfigDict:
   config.download = True
   config.prefetch = 2
   return config
+
+
+def normalization(dataset_config) -> str:
+  """The dataset's `normalization`, "imagenet" when unset (None)."""
+  return dataset_config.get("normalization") or "imagenet"

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mobilenet_jax.data import config as data_config
 from mobilenet_jax.data import folder, preprocess, sources
 from mobilenet_jax.data.config import AUGMENTATIONS, NORMALIZATIONS, RESIZE_METHODS
 from mobilenet_jax.data.info import DatasetInfo
@@ -70,7 +71,7 @@ def dataset_info(config) -> DatasetInfo:
     raise ValueError(f"config.resolution={config.get('resolution')!r} must be a positive int (pixels).")
   if dc.get("augment", "auto") not in AUGMENTATIONS:
     raise ValueError(f"config.dataset.augment={dc.augment!r}: use one of {AUGMENTATIONS}.")
-  if dc.get("normalization", "imagenet") not in NORMALIZATIONS:
+  if data_config.normalization(dc) not in NORMALIZATIONS:
     raise ValueError(f"config.dataset.normalization={dc.normalization!r}: use one of {NORMALIZATIONS}.")
   if dc.get("resize_method", "bilinear") not in RESIZE_METHODS:
     raise ValueError(f"config.dataset.resize_method={dc.resize_method!r}: use one of {RESIZE_METHODS}.")
@@ -156,7 +157,7 @@ def create_train_iterator(config, *, local_batch_size: int, seed: int, start_ste
   train_image = functools.partial(
       preprocess.train_image, augment=_augment(config, source), resolution=config.resolution,
       method=dc.get("resize_method", "bilinear"), antialias=dc.get("antialias", True),
-      pad_pixels=dc.get("pad_pixels", 4), normalization=dc.get("normalization", "imagenet"))
+      pad_pixels=dc.get("pad_pixels", 4), normalization=data_config.normalization(dc))
 
   def prepare(epoch_seed, index, ex):
     example_seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
@@ -179,7 +180,7 @@ def _eval_dataset(config, local_batch_size: int, process_index: int, process_cou
   eval_image = functools.partial(
       preprocess.eval_image, crop_fraction=dc.get("crop_fraction", 0.875) if natural else None,
       resolution=config.resolution, method=dc.get("resize_method", "bilinear"),
-      antialias=dc.get("antialias", True), normalization=dc.get("normalization", "imagenet"))
+      antialias=dc.get("antialias", True), normalization=data_config.normalization(dc))
 
   def prepare(ex):
     return {"image": eval_image(ex["image"]), "label": tf.cast(ex["label"], tf.int32),

@@ -20,16 +20,17 @@ def base_config() -> ml_collections.ConfigDict:
   from mobilenet_jax.data import default_dataset_config  # the data layer owns config.dataset
 
   c = ml_collections.ConfigDict()
-  # Model: `name` plus any `create_model` option (None = the network's own default).
+  # Model: `name` plus any `create_model` option. None = the `init_from` checkpoint's value
+  # (its model.json) when there is one, else the network's own default (shown after the colon).
   c.model = ml_collections.ConfigDict(dict(
-      name="mobilenet_v2",
-      width_multiplier=1.0,
+      name=config_dict.placeholder(str),             # None: mobilenet_v2
+      width_multiplier=config_dict.placeholder(float),  # None: 1.0
       expansion=config_dict.placeholder(float),      # MobileNetV2 only: t of every t=6 stage
       dropout_rate=config_dict.placeholder(float),   # None: the network's (0.2 for V2/V3)
       drop_path_rate=0.0,                            # stochastic depth (Huang et al. 2016)
-      bn_momentum=0.99,                              # Flax momentum = TF BatchNorm decay
-      bn_epsilon=1e-3,
-      padding="same",                                # "same" (TF) | "symmetric" (PyTorch) | "keras"
+      bn_momentum=config_dict.placeholder(float),    # None: 0.99 (Flax momentum = TF decay)
+      bn_epsilon=config_dict.placeholder(float),     # None: 1e-3 (TF/Keras)
+      padding=config_dict.placeholder(str),          # None: "same" (TF) | "symmetric" | "keras"
       kernels="auto",                                # "auto" | "xla" | "cpu" (models/kernels.py)
       small_input=0,                                 # 1: stem at stride 1; 2: also the first stage
   ))
@@ -77,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpointing = True
   c.init_from = ""                # directory written by mobilenet_jax.pretrained.save_pretrained
+  c.trainable = "all"             # all | head: train only the classifier (linear probe), the rest
+                                  # frozen in inference mode (BatchNorm statistics as loaded)
   c.eval_only = False             # evaluate the latest checkpoint (or init_from) and stop
   c.distributed = False           # jax.distributed.initialize() (multi-host); or env var
   c.progress_bar = "auto"         # auto (when stderr is a terminal) | on | off
@@ -84,6 +87,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.compilation_cache = config_dict.placeholder(str)
   c.tensorboard = True
   return c
+
+
+DEFAULT_MODEL = "mobilenet_v2"
+
+
+def model_name(config: ml_collections.ConfigDict) -> str:
+  """`config.model.name`, or the default network when it is None (and no checkpoint named one)."""
+  return config.model.name or DEFAULT_MODEL
 
 
 def _flat_keys(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -129,8 +140,13 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
   import mobilenet_jax
   from mobilenet_jax.train import state
 
-  if config.model.name not in mobilenet_jax.list_models():
-    raise ValueError(f"unknown model.name {config.model.name!r}; valid: "
+  if config.trainable not in optim.TRAINABLE:
+    raise ValueError(f"trainable must be one of {optim.TRAINABLE}, got {config.trainable!r}")
+  if config.trainable != "all" and not config.init_from:
+    raise ValueError(f"trainable={config.trainable!r} freezes the network, which only makes sense "
+                     "for pretrained weights: set init_from, or trainable=all")
+  if model_name(config) not in mobilenet_jax.list_models():
+    raise ValueError(f"unknown model.name {model_name(config)!r}; valid: "
                      f"{', '.join(mobilenet_jax.list_models())}")
   try:  # create_model checks every model option
     model = state.create_model(config, num_classes=1)

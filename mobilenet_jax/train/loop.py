@@ -7,6 +7,7 @@ the latest checkpoint (or `init_from`) and stops. No absl flags are needed (note
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
@@ -19,10 +20,12 @@ from mobilenet_jax.compilation_cache import enable_compilation_cache
 from mobilenet_jax.train import init_from, optim, sharding, steps
 from mobilenet_jax.train import state as state_lib
 from mobilenet_jax.train.checkpointing import Checkpointer
-from mobilenet_jax.train.config import complete_config, validate_config
+from mobilenet_jax.train.config import complete_config, model_name, validate_config
 from mobilenet_jax.train.metrics import MetricWriter, Progress
 
 CONFIG_FILE = "config.json"
+_STATISTICS_IMAGES = 256  # images whose BatchNorm statistics replace a TFLite file's folded ones
+_STATISTICS_BATCH = 64
 
 
 def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict, write: bool) -> str:
@@ -40,7 +43,7 @@ def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict, write: boo
 
 def _model_meta(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
   options = {k: v for k, v in config.model.to_dict().items() if k != "name" and v is not None}
-  return {"model": config.model.name, "options": {**options, "num_classes": num_classes},
+  return {"model": model_name(config), "options": {**options, "num_classes": num_classes},
           "resolution": config.resolution, "bn_group_size": config.bn_group_size}
 
 
@@ -88,6 +91,22 @@ def _check_finite(records: list[dict[str, np.ndarray]], first_step: int) -> None
           "Lower schedule.learning_rate, add optimizer.grad_clip_norm, or check the input data.")
 
 
+def _estimate_batch_norm_statistics(config, model, variables, say) -> dict[str, Any]:
+  """BatchNorm statistics of weights that had them folded (`batch_norm_statistics`), measured on the
+  same training images in every process (so the replicated values agree)."""
+  from mobilenet_jax import data
+  from mobilenet_jax.train.batch_norm_statistics import estimate_batch_norm_statistics
+
+  batch = min(config.batch_size, _STATISTICS_BATCH)
+  images = data.create_train_iterator(config, local_batch_size=batch, seed=config.seed,
+                                      process_index=0, process_count=1)
+  batches = [next(images)["image"] for _ in range(-(-_STATISTICS_IMAGES // batch))]
+  say(f"init_from: its BatchNorm was folded into the convolutions (a TFLite file's weights); "
+      f"measuring BatchNorm statistics on {batch * len(batches)} training images, the inference "
+      "function unchanged, so that training-mode BatchNorm starts from the pretrained function")
+  return estimate_batch_norm_statistics(model.clone(kernels="xla"), variables, batches)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates as `config` says; returns the last train and eval metrics.
 
@@ -97,13 +116,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
   config = complete_config(config)
   enable_compilation_cache(config.compilation_cache)
   sharding.maybe_initialize_distributed(config.distributed)
+  is_main = jax.process_index() == 0
+  say = functools.partial(print, flush=True) if is_main else lambda *_: None
+  resolved = init_from.resolve_config(config)  # unset model.* from init_from's model.json
+  config = resolved.config
+  for note in resolved.notes:
+    say(note)
   validate_config(config, jax.device_count(), jax.process_count())
   from mobilenet_jax import data  # the data layer raises clear errors for missing datasets
 
   info = data.dataset_info(config)  # may prepare the dataset (one process, the others wait)
   sharding.wait_for_all_processes("dataset ready")
   model = state_lib.create_model(config, info.num_classes)
-  is_main = jax.process_index() == 0
   workdir = _prepare_workdir(workdir, config, write=False)  # config.json: after the checks below
 
   mesh = sharding.create_mesh()
@@ -130,10 +154,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
                               "init_from; train first or set init_from")
     if latest is not None:  # another architecture's checkpoint: an error before compiling
       checkpointer.check_compatible(latest, abstract_state)
-    pretrained_values = None
+    loaded = None
     if latest is None and config.init_from:  # checked against shapes, before compiling
-      pretrained_values = init_from.load_initial_variables(
-          config.init_from, abstract_state.variables(), config.model.to_dict())
+      loaded = init_from.load(config.init_from, abstract_state.variables(), config.model.to_dict())
+      say(f"init_from: {loaded.summary()}; training {config.trainable} "
+          f"({'the classifier only, the rest frozen in inference mode' if config.trainable == 'head' else 'every layer'})")
     _prepare_workdir(workdir, config, write=is_main)  # the run is accepted: record its config
     # The steps compile in background threads while the state is created and the input starts.
     evaluate = Evaluator(config, model, info.num_classes, batch_sharding, replicated,
@@ -146,8 +171,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
       state = checkpointer.restore(latest, abstract_state)
     else:
       state = state_lib.create_train_state(state_init)
-      if pretrained_values is not None:
-        variables = init_from.merge(sharding.to_host(state.variables()), pretrained_values)
+      if loaded is not None:
+        variables = init_from.merge(sharding.to_host(state.variables()), loaded.values)
+        if loaded.folded_batch_norm and config.trainable == "all" and not config.eval_only:
+          variables = _estimate_batch_norm_statistics(config, model, variables, say)
         state = state_lib.with_variables(state, variables, replicated)
     # A fresh start (no checkpoint) drops every record of earlier, killed starts.
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard,
@@ -186,6 +213,9 @@ def _train(config, state, train_step, evaluate, checkpointer, writer, total_step
   train_iter = data.create_train_iterator(
       config, local_batch_size=config.batch_size // jax.process_count(), seed=config.seed,
       start_step=start_step)
+  if not train_step.done():
+    progress.message("compiling the train step (later starts of this configuration load it from "
+                     "the compilation cache)...")
   pending: list[dict[str, jax.Array]] = []
   interval_start, interval_first = None, start_step
   step = start_step

@@ -20,6 +20,8 @@ import optax
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 SCHEDULES = ("exponential", "cosine", "constant")
 WEIGHT_DECAY_TARGETS = ("kernels", "kernels_except_depthwise", "all")
+TRAINABLE = ("all", "head")
+HEAD = ("classifier",)  # the layer a linear probe trains (a new one when the class count changes)
 
 Schedule = Callable[[Any], Any]
 
@@ -87,6 +89,15 @@ def weight_decay_mask(params: Any, target: str = "kernels") -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def trainable_mask(params: Any, trainable: str = "all") -> Any:
+  """True for the leaves that train: every one ("all"), or the classifier's ("head", a linear probe:
+  the rest is a frozen feature extractor, as Keras's `trainable = False` layers)."""
+  if trainable not in TRAINABLE:
+    raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: trainable == "all" or path[0].key in HEAD, params)
+
+
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate: Schedule) -> optax.GradientTransformation:
   """The optax transformation of `config.optimizer` driven by the `learning_rate` schedule."""
@@ -111,4 +122,11 @@ def create_optimizer(config: ml_collections.ConfigDict,
   if opt.weight_decay > 0 and opt.name != "adamw":  # L2 in the loss: wd * w joins the gradient
     chain.append(optax.add_decayed_weights(opt.weight_decay, mask))
   chain.append(base)
-  return optax.chain(*chain)
+  tx = optax.chain(*chain)
+  trainable = config.get("trainable", "all")
+  if trainable == "all":
+    return tx
+  # Frozen leaves: zero updates and no optimizer state (optax's recipe for freezing parameters).
+  labels = lambda params: jax.tree.map(lambda t: "train" if t else "frozen",
+                                       trainable_mask(params, trainable))
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

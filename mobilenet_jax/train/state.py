@@ -14,6 +14,7 @@ import optax
 import mobilenet_jax
 from mobilenet_jax.models.initialization import TracedInit, trace_init
 from mobilenet_jax.models.norm import GroupedBatchNorm
+from mobilenet_jax.train.config import model_name
 
 
 @flax.struct.dataclass
@@ -57,7 +58,7 @@ def model_options(config: ml_collections.ConfigDict, num_classes: int) -> dict[s
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  return mobilenet_jax.create_model(config.model.name, **model_options(config, num_classes))
+  return mobilenet_jax.create_model(model_name(config), **model_options(config, num_classes))
 
 
 def init_variables(model, resolution: int, key: jax.Array) -> dict[str, Any]:

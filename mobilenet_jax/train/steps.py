@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mobilenet_jax.train import optim
 from mobilenet_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -40,15 +41,25 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def train_step(state: TrainState, batch: Batch, *, model, tx: optax.GradientTransformation,
                learning_rate: Callable, num_classes: int, label_smoothing: float,
-               ema_decay: float, ema_warmup: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+               ema_decay: float, ema_warmup: bool, trainable: str = "all"
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step. A non-finite loss, gradient or update leaves the state unchanged (`finite`=0
-  in the metrics; the loop stops with an error naming the step), so no NaN ever reaches a checkpoint."""
+  in the metrics; the loop stops with an error naming the step), so no NaN ever reaches a checkpoint.
+
+  `trainable="head"`: the network runs in inference mode (BatchNorm statistics as loaded, no dropout)
+  and only the classifier is differentiated: no backward pass through the frozen layers.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
+  train_mask = optim.trainable_mask(state.params, trainable)
 
   def loss_fn(params):
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                  batch["image"], train=True, mutable=["batch_stats"],
-                                  rngs={"dropout": rng})
+    params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, train_mask)
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    if trainable == "all":
+      logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"],
+                                    rngs={"dropout": rng})
+    else:
+      logits, updates = model.apply(variables, batch["image"], train=False), {}
     loss = cross_entropy(logits, batch["label"], num_classes, label_smoothing).mean()
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
@@ -97,7 +108,8 @@ def jit_train_step(config, model, tx, learning_rate, num_classes: int, state_sha
                    batch_sharding, replicated):
   step = functools.partial(train_step, model=model, tx=tx, learning_rate=learning_rate,
                            num_classes=num_classes, label_smoothing=config.label_smoothing,
-                           ema_decay=config.ema_decay, ema_warmup=config.ema_warmup)
+                           ema_decay=config.ema_decay, ema_warmup=config.ema_warmup,
+                           trainable=config.trainable)
   return jax.jit(step, in_shardings=(state_sharding, batch_sharding),
                  out_shardings=(state_sharding, replicated), donate_argnums=0)
 
@@ -142,6 +154,10 @@ class BackgroundCompiled:
       self._future.set_result(compiled)
     except BaseException as e:  # pylint: disable=broad-except  # re-raised in the caller
       self._future.set_exception(e)
+
+  def done(self) -> bool:
+    """Whether the compilation has finished (or failed)."""
+    return self._future.done()
 
   def wait(self) -> None:
     """Blocks until compiled (re-raises a compilation error)."""
