@@ -12,8 +12,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 from flax import traverse_util
 
-from mobilenet_jax import pretrained
 from mobilenet_jax.train.checkpointing import first_mismatch
+from mobilenet_jax.weights import read_checkpoint
 
 CLASSIFIER = "classifier"
 COLLECTIONS = ("params", "batch_stats")
@@ -33,7 +33,8 @@ def load_initial_variables(directory: str, template: dict[str, Any],
   Returns {collection: {'path/to/leaf': numpy array}}, without the classifier when it is to be
   re-initialised.
   """
-  name, options, loaded = pretrained.load_pretrained(directory)
+  checkpoint = read_checkpoint(directory)
+  name, options, loaded = checkpoint.model_name, checkpoint.options, checkpoint.variables
   for key in NUMERIC_OPTIONS:
     if model_options and key in options and key in model_options and \
         model_options[key] != options[key]:
