@@ -318,6 +318,9 @@ def test_exported_tflite_files_are_scored_by_evaluate(tmp_path, capsys, v2):
   assert evaluate.main([f"--weights={float_file}", f"--images={folder}", "--runtime=litert",
                         f"--json={out}"]) == 0
   scored = lambda path: evaluate.predict(load(path), paths, "litert", progress=False)
+  exported = load(float_file)   # weights.load: LiteRT only, the recipe the file records
+  assert exported.model is None and exported.description.startswith("mobilenet_v2 x0.35")
+  assert (exported.recipe, exported.recipe_source) == (recipe, "recorded in the file")
   assert relative_error(scored(float_file), reference) <= TOLERANCE
   assert evaluate.main([f"--weights={float_file}", f"--images={folder}"]) == 1
   assert "--runtime=litert" in capsys.readouterr().err
