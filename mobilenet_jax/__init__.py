@@ -6,7 +6,8 @@
     logits = jax.jit(model.apply)(variables, images)
 
 This package namespace imports only jax and flax; training (`mobilenet_jax.train`), data
-(`mobilenet_jax.data`) and weight import (`mobilenet_jax.convert`) are imported on demand.
+(`mobilenet_jax.data`) and weights in (`mobilenet_jax.weights.load`; the readers in
+`mobilenet_jax.convert`) are imported on demand.
 """
 
 from mobilenet_jax.models import (ConvNormAct, DepthwiseSeparable, InvertedResidual, LayerSpec,

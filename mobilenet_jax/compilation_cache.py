@@ -15,16 +15,12 @@ from typing import Optional
 
 import jax
 
+from mobilenet_jax.user_cache import user_cache_dir
+
 # Programs that compiled faster than this are not written (reading them back would save little).
-# 0.1 s keeps a MobileNet's init program (`init_variables`: 0.16-0.18 s for V3-Large on a 2-core
-# CPU), which a warm start would otherwise compile again.
+# The threshold is low enough to keep a MobileNet's init program (`init_variables`), which a warm
+# start would otherwise compile again.
 MIN_COMPILE_SECONDS = 0.1
-
-
-def user_cache_dir() -> str:
-  """`$XDG_CACHE_HOME/mobilenet_jax`, or `~/.cache/mobilenet_jax`: the project's cache folder."""
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "mobilenet_jax")
 
 
 def default_cache_dir() -> str:

@@ -293,13 +293,13 @@ def test_exported_tflite_files_are_scored_by_evaluate(tmp_path, capsys, v2):
 
   from mobilenet_jax.convert import from_tflite
   from mobilenet_jax.convert.assemble import ConversionError
+  from mobilenet_jax.convert.tflite_metadata import read_metadata
   from mobilenet_jax.data.eval_recipes import tf_slim
   from mobilenet_jax.evaluate import cli as evaluate
   from mobilenet_jax.evaluate.images import list_images, prepared_batches
-  from mobilenet_jax.evaluate.weights import load_weights
   from mobilenet_jax.export.cli import main as export_main
-  from mobilenet_jax.export.tflite_metadata import read_metadata
   from mobilenet_jax.pretrained import save_pretrained
+  from mobilenet_jax.weights import load
 
   model, variables = v2
   folder = tmp_path / "images"
@@ -313,12 +313,14 @@ def test_exported_tflite_files_are_scored_by_evaluate(tmp_path, capsys, v2):
   float_file = tmp_path / "float.tflite"
   export.to_tflite(model, variables, str(float_file), resolution=RESOLUTION,
                    preprocessing=recipe.to_dict(), description="mobilenet_v2 x0.35")
-  assert read_metadata(str(float_file))["preprocessing"] == recipe.to_dict()
+  assert read_metadata(str(float_file)).preprocessing == recipe.to_dict()
   out = tmp_path / "float.json"
   assert evaluate.main([f"--weights={float_file}", f"--images={folder}", "--runtime=litert",
                         f"--json={out}"]) == 0
-  scored = lambda path: evaluate.predict(load_weights(evaluate._parser().parse_args(
-      [f"--weights={path}", f"--images={folder}"])), paths, "litert", progress=False)
+  scored = lambda path: evaluate.predict(load(path), paths, "litert", progress=False)
+  exported = load(float_file)   # weights.load: LiteRT only, the recipe the file records
+  assert exported.model is None and exported.description.startswith("mobilenet_v2 x0.35")
+  assert (exported.recipe, exported.recipe_source) == (recipe, "recorded in the file")
   assert relative_error(scored(float_file), reference) <= TOLERANCE
   assert evaluate.main([f"--weights={float_file}", f"--images={folder}"]) == 1
   assert "--runtime=litert" in capsys.readouterr().err
@@ -333,5 +335,5 @@ def test_exported_tflite_files_are_scored_by_evaluate(tmp_path, capsys, v2):
                       f"--resolution={RESOLUTION}", f"--calibration={folder}",
                       "--input=uint8"]) == 0
   meta = read_metadata(str(int8_file))
-  assert meta["input"] == "uint8" and meta["normalization"] == "inception"
+  assert meta.input == "uint8" and meta.normalization == "inception"
   assert relative_error(scored(int8_file), reference) < 0.2

@@ -10,7 +10,6 @@
 Needs ../shared/data (skipped without it) and the `export` extra.
 """
 
-import argparse
 import dataclasses
 from pathlib import Path
 
@@ -31,15 +30,14 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from mobilenet_jax import export  # noqa: E402
 from mobilenet_jax.evaluate.images import list_images, prepared_batches  # noqa: E402
 from mobilenet_jax.evaluate.runtimes import JaxClassifier  # noqa: E402
-from mobilenet_jax.evaluate.weights import load_weights  # noqa: E402
+from mobilenet_jax.weights import load  # noqa: E402
 
 
 INT8_MODEL = "tf2_mobilenet_v2_1.0_224_ptq.tflite"   # Keras MobileNetV2's float weights
 
 
 def weights(name):
-  return load_weights(argparse.Namespace(weights=str(DATA / "tflite" / name), source=None,
-                                         keep_background=False))
+  return load(DATA / "tflite" / name)
 
 
 def prepared(paths, recipe):

@@ -30,7 +30,7 @@ pytest.importorskip("ai_edge_litert", reason="LiteRT (pip install ai-edge-litert
 
 from mobilenet_jax.convert.assemble import ConversionError  # noqa: E402
 from mobilenet_jax.convert.cli import main as convert_main  # noqa: E402
-from mobilenet_jax.convert.tflite_activations import eight_bit_apply  # noqa: E402
+from mobilenet_jax.convert.tflite_eight_bit import eight_bit_apply  # noqa: E402
 from mobilenet_jax.convert.tflite_source import convert_tflite_file  # noqa: E402
 from mobilenet_jax.evaluate.cli import main as evaluate_main  # noqa: E402
 from mobilenet_jax.evaluate.images import list_images, prepared_batches  # noqa: E402

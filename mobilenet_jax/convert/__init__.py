@@ -16,5 +16,5 @@ from mobilenet_jax.convert.assemble import Conversion, ConversionError
 from mobilenet_jax.convert.keras_source import convert_keras, from_keras
 from mobilenet_jax.convert.torch_source import (TORCHVISION_ARCHS, convert_torch, from_torch,
                                                 supported_archs)
-from mobilenet_jax.convert.tflite_activations import eight_bit_apply
+from mobilenet_jax.convert.tflite_eight_bit import eight_bit_apply
 from mobilenet_jax.convert.tflite_source import convert_tflite, from_tflite

@@ -29,7 +29,8 @@ class ConversionError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """How one library names and lays out weights (ANCHORS-models.md section 7.1)."""
+  """How one library names and lays out weights (its parameter names, kernel axes and norm
+  statistics: `KERAS`, `TORCH` and `tflite_source.TFLITE`)."""
   separator: str
   kernel: str
   bias: str
@@ -153,7 +154,7 @@ class _Filler:
       kernel, bias = self.take(lay.key(layer, lay.kernel)), self.take(lay.key(layer, lay.bias))
       dense = lay.dense
       if unit.role == "classifier" and self.drop_background:
-        # TF-slim checkpoints have 1001 classes, 0 = background (ANCHORS-models.md 7.1).
+        # TF-slim checkpoints have 1001 classes, 0 = background (TF-slim `datasets/imagenet.py`).
         dense = lambda w, d=dense: d(w)[:, 1:]  # noqa: E731
         bias = None if bias is None else bias[1:]
       self.put(lay.key(layer, lay.kernel), kernel, dense, lay.dense_ndims, kernel_target,

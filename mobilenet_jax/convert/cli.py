@@ -19,8 +19,6 @@ import os
 import sys
 from typing import Optional, Sequence
 
-SOURCES = ("keras", "torchvision", "timm", "tflite")
-
 
 def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True,
                          weights_help: str = "") -> None:
@@ -55,31 +53,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def convert_file(args: argparse.Namespace):
   """The `Conversion` of `args.weights` read as `args.source` (see `add_source_arguments`)."""
-  from mobilenet_jax.convert.files import load_keras_application, load_state_dict
+  from mobilenet_jax.convert.files import convert_source
 
-  kind, _, name = args.source.partition(":")
-  if kind not in SOURCES or bool(name) != (kind != "tflite"):
-    raise ValueError(f"--source must be one of {', '.join(s + ':NAME' for s in SOURCES[:-1])} or "
-                     f"tflite, got {args.source!r}")
-  drop_background = not args.keep_background
-  if kind == "tflite":
-    from mobilenet_jax.convert.tflite_source import convert_tflite
-    if not os.path.isfile(args.weights):
-      raise FileNotFoundError(f"weights file {args.weights} does not exist")
-    return convert_tflite(args.weights, drop_background)
-  if kind == "keras":
-    from mobilenet_jax.convert.keras_source import convert_keras
-    include_top = (args.include_top == "true" if args.include_top != "auto"
-                   else "no_top" not in os.path.basename(args.weights))
-    keras_model = load_keras_application(name, args.weights, args.alpha, include_top,
-                                         args.classes, args.minimalistic)
-    return convert_keras(keras_model, drop_background)
-  from mobilenet_jax.convert.torch_source import TORCHVISION_ARCHS, convert_torch
-  if kind == "torchvision" and name not in TORCHVISION_ARCHS:
-    raise ValueError(f"unknown torchvision arch {name!r}; choose one of {TORCHVISION_ARCHS}")
-  if kind == "timm" and name in TORCHVISION_ARCHS:
-    raise ValueError(f"{name} is a torchvision name; use --source=torchvision:{name}")
-  return convert_torch(load_state_dict(args.weights), name, drop_background)
+  include_top = None if args.include_top == "auto" else args.include_top == "true"
+  return convert_source(args.source, args.weights, drop_background=not args.keep_background,
+                        alpha=args.alpha, minimalistic=args.minimalistic,
+                        include_top=include_top, classes=args.classes)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,10 +1,12 @@
-"""Reading downloaded weight files: PyTorch state dicts and Keras applications weights."""
+"""Reading downloaded weight files: PyTorch state dicts, Keras applications weights, and any
+source's file as a `Conversion` (`convert_source`)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
+SOURCES = ("keras", "torchvision", "timm", "tflite")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 KERAS_SUFFIXES = (".h5", ".weights.h5", ".keras")
 # Our source names -> (keras.applications constructor, minimalistic); "mobilenet" is Keras' V1.
@@ -73,3 +75,32 @@ def load_keras_application(name: str, path: str, alpha: float = 1.0, include_top
                      "file (Keras names them, e.g. ..._0.75_..._no_top...)") from e
   return model
 
+
+
+def convert_source(source: str, path: "str | os.PathLike[str]", *, drop_background: bool = True, alpha: float = 1.0,
+                   minimalistic: bool = False, include_top: Optional[bool] = None,
+                   classes: int = 1000):
+  """The `Conversion` of the weight file `path` read as `source`: "keras:NAME", "torchvision:NAME",
+  "timm:NAME" or "tflite". `alpha`, `minimalistic`, `include_top` (None: false when the file name
+  contains 'no_top') and `classes` build the Keras application to load a Keras file into."""
+  path = os.fspath(path)
+  kind, _, name = source.partition(":")
+  if kind not in SOURCES or bool(name) != (kind != "tflite"):
+    raise ValueError(f"--source must be one of {', '.join(s + ':NAME' for s in SOURCES[:-1])} or "
+                     f"tflite, got {source!r}")
+  if kind == "tflite":
+    from mobilenet_jax.convert.tflite_source import convert_tflite
+    _require_file(path)
+    return convert_tflite(path, drop_background)
+  if kind == "keras":
+    from mobilenet_jax.convert.keras_source import convert_keras
+    if include_top is None:
+      include_top = "no_top" not in os.path.basename(path)
+    keras_model = load_keras_application(name, path, alpha, include_top, classes, minimalistic)
+    return convert_keras(keras_model, drop_background)
+  from mobilenet_jax.convert.torch_source import TORCHVISION_ARCHS, convert_torch
+  if kind == "torchvision" and name not in TORCHVISION_ARCHS:
+    raise ValueError(f"unknown torchvision arch {name!r}; choose one of {TORCHVISION_ARCHS}")
+  if kind == "timm" and name in TORCHVISION_ARCHS:
+    raise ValueError(f"{name} is a torchvision name; use --source=torchvision:{name}")
+  return convert_torch(load_state_dict(path), name, drop_background)

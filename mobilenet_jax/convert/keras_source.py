@@ -1,6 +1,6 @@
 """Keras applications `MobileNet`, `MobileNetV2`, `MobileNetV3Large`/`Small` -> our model.
 
-Layer names are those of `keras/src/applications/mobilenet{,_v2,_v3}.py` (ANCHORS-models.md 7.4).
+Layer names are those of `keras/src/applications/mobilenet{,_v2,_v3}.py`.
 Keras pads like TensorFlow's SAME (its stride-2 `ZeroPadding2D` + valid equals SAME on the even maps
 the weights were trained on) and uses BatchNorm epsilon 1e-3, read here from the model itself.
 Keras itself is not imported: the model's layers and variables are read through their attributes.

@@ -1,9 +1,5 @@
 """A quantized `.tflite` file's 8-bit arithmetic, applied to the converted float model.
 
-    model, variables = from_tflite("mobilenet_v1_0.25_128_quant.tflite")
-    apply = eight_bit_apply(model, "mobilenet_v1_0.25_128_quant.tflite")
-    logits = apply(variables, images)     # LiteRT's logits, value for value (jitted, float64)
-
 A quantized TFLite model stores every activation as an 8-bit integer: each operator (convolution
 with its bias and fused ReLU6, residual addition, average pool, classifier) computes on integers,
 then rounds its output to its tensor's grid `scale * (q - zero_point)`, q in 0..255 (or
@@ -12,9 +8,9 @@ trained file computes (Jacob et al. 2018, "Quantization and Training of Neural N
 Efficient Integer-Arithmetic-Only Inference", section 2.2: training inserts the same rounding).
 The plain float model leaves it out, so on images whose top classes are close the two disagree.
 
-`eight_bit_apply` rounds each of our layers' outputs to the grid of the file's tensor it stands
-for, from outside the model through Flax's method interception (the model's code is unchanged):
-the input, every conv-norm-activation unit, every residual sum, the pooled vector the classifier
+`eight_bit_apply` (`tflite_eight_bit.py`) rounds each of our layers' outputs to the grid of the
+file's tensor it stands for, from outside the model through Flax's method interception (the
+model's code is unchanged): the input, every conv-norm-activation unit, every residual sum, the pooled vector the classifier
 reads, and the logits. It rounds as LiteRT's CPU kernels do (XNNPACK; TFLite's reference kernel
 for the average pool), so a value that lies near a half step goes the same way: a convolution's
 int32 sum times a float32 multiplier, to nearest even; a residual addition in 21-bit fixed point,
@@ -28,7 +24,6 @@ hard-swish and squeeze-excite compute further rounded tensors in between; such f
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -223,7 +218,7 @@ def on_file_grid(variables: Any, steps: dict[str, tuple[np.ndarray, np.ndarray]]
   return {c: traverse_util.unflatten_dict(tree, sep="/") for c, tree in flat.items()}
 
 
-def _interceptor(grids: dict[str, Grid]) -> Callable:
+def interceptor(grids: dict[str, Grid]) -> Callable:
   def intercept(next_fun, args, kwargs, context):
     if context.method_name != "__call__":
       return next_fun(*args, **kwargs)
@@ -240,46 +235,6 @@ def _interceptor(grids: dict[str, Grid]) -> Callable:
       return out
     return grid.round_sum(args[0], out) if grid.add_of else grid.round(out)
   return intercept
-
-
-def eight_bit_apply(model: Any, tflite: Any) -> Callable[..., Any]:
-  """`apply(variables, images)` -> float32 logits of `model` with the activations of the quantized
-  `.tflite` file `tflite` (a path or a `convert.tflite_source.TfliteModel`) rounded to its grids;
-  `apply(variables, images, features=True)` gives the feature maps instead.
-
-  `variables` must be the file's (as `from_tflite` gives them; others raise ValueError): they are
-  put back on the file's grids in float64 (`on_file_grid`), and the function (jitted already)
-  computes in float64 inside `jax.enable_x64`, where each layer's int32 sum is exact; the
-  requantization then rounds in float32 as LiteRT does.
-  """
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-
-  from mobilenet_jax.convert.tflite_source import TfliteModel, convert_tflite_file
-
-  if not isinstance(tflite, TfliteModel):
-    tflite = convert_tflite_file(str(tflite))
-  if tflite.eight_bit is None:
-    raise ConversionError(tflite.no_eight_bit_reason)
-  intercept = _interceptor(tflite.eight_bit.grids)
-  wide = model.clone(dtype=jnp.float64, param_dtype=jnp.float64)
-  epsilon = tflite.conversion.options["bn_epsilon"]
-  last: list[Any] = [None, None]       # (variables given, the same on the file's grid)
-
-  @functools.partial(jax.jit, static_argnames="features")
-  def run(variables: Any, images: Any, features: bool) -> Any:
-    with nn.intercept_methods(intercept):
-      out = wide.apply(variables, jnp.asarray(images, jnp.float64), train=False, features=features)
-    return jax.tree.map(lambda a: a.astype(jnp.float32), out)
-
-  def apply(variables: Any, images: Any, features: bool = False) -> Any:
-    """Logits, or with `features=True` the feature maps `{stride: map}` (on the file's grids)."""
-    if last[0] is not variables:
-      last[:] = variables, on_file_grid(variables, tflite.eight_bit.weight_steps, epsilon)
-    with jax.enable_x64(True):
-      return run(last[1], images, features)
-  return apply
 
 
 def eight_bit_or_reason(graph: Any, walk: Any, names: dict[str, Any],

@@ -11,7 +11,7 @@ computes x + bias exactly, and the model stays the standard one (fine-tuning re-
 
 A quantized model runs here in float with the dequantized weights: its activations are not
 quantized, so its outputs differ a little from the integer arithmetic of TFLite itself;
-`tflite_activations.eight_bit_apply` adds the file's 8-bit arithmetic back (LiteRT's logits).
+`eight_bit_apply` (`tflite_eight_bit.py`) adds the file's 8-bit arithmetic back (LiteRT's logits).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from mobilenet_jax.convert.assemble import (Conversion, ConversionError, Family,
 from mobilenet_jax.convert.plan import Unit
 from mobilenet_jax.convert.tflite_activations import EightBit, eight_bit_or_reason
 from mobilenet_jax.convert.tflite_graph import Graph, Tensor, read_tflite
+from mobilenet_jax.convert.tflite_metadata import KEY
 from mobilenet_jax.convert.tflite_walk import Layer, Walk, padding_mode, walk
 from mobilenet_jax.data.eval_recipes import EvalRecipe, tf_slim
 
@@ -81,7 +82,7 @@ class TfliteModel:
   logits: int                 # tensor of the file holding the logits (before any softmax)
   background: bool            # the file's class 0 is a background class our model dropped
   # Quantized V1/V2 files: the grids of their activations and weights, for
-  # `tflite_activations.eight_bit_apply`; None (and the reason) for other files.
+  # `eight_bit_apply`; None (and the reason) for other files.
   eight_bit: Optional[EightBit] = None
   no_eight_bit_reason: str = ""
 
@@ -277,8 +278,6 @@ def _normalization(spec: TfliteInput, path: str) -> str:
 
 def convert_tflite_file(path: str, drop_background: bool = True) -> TfliteModel:
   """`.tflite` -> `TfliteModel` (the conversion plus its input, logits and eval recipe)."""
-  from mobilenet_jax.export.tflite_metadata import KEY
-
   graph = read_tflite(path)
   if KEY in graph.metadata:
     raise ConversionError(f"{path} was exported by mobilenet_jax: its graph (BatchNorm folded, "
@@ -317,8 +316,8 @@ def from_tflite(path: str, *, drop_background: bool = True, **model_options: Any
   (`convert_tflite(path).preprocessing`: TF-slim's central crop 87.5%, bilinear resize, usually
   inception normalisation x / 127.5 - 1). `model_options` sets options that do not change the
   weights (dtype, dropout_rate, ...). A file that is not such a MobileNet raises `ConversionError`
-  saying what was found. The model computes in float; `tflite_activations.eight_bit_apply(model,
-  path)` runs it with a quantized file's own 8-bit arithmetic (LiteRT's logits).
+  saying what was found. The model computes in float; `eight_bit_apply(model, path)` runs it
+  with a quantized file's own 8-bit arithmetic (LiteRT's logits).
   """
   conversion = convert_tflite(path, drop_background)
   return conversion.model(**model_options), conversion.variables

@@ -1,9 +1,10 @@
 """torchvision and timm MobileNet state dicts -> our model.
 
 Key names follow the modules of torchvision `models/mobilenetv2.py`, `mobilenetv3.py` and timm
-`models/efficientnet.py` (V1, V2), `mobilenetv3.py` (ANCHORS-models.md 7.2-7.3). PyTorch pads
-symmetrically, except timm's `tf_*` ports of the TensorFlow checkpoints (TF SAME, `Conv2dSame`);
-BatchNorm epsilon is 1e-5 (torchvision V2, timm) or 1e-3 (torchvision V3, timm `tf_*`) (section 3).
+`models/efficientnet.py` (V1, V2), `mobilenetv3.py`. PyTorch pads symmetrically, except timm's
+`tf_*` ports of the TensorFlow checkpoints (TF SAME, `Conv2dSame`); BatchNorm epsilon is 1e-5
+(torchvision V2, timm) or 1e-3 (torchvision `mobilenetv3.py`: `BatchNorm2d, eps=0.001`; timm
+`tf_*`: `_efficientnet_builder.BN_EPS_TF_DEFAULT`).
 torch itself is not needed: values may be numpy arrays.
 """
 

@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 import zipfile
 
-from mobilenet_jax.compilation_cache import user_cache_dir
+from mobilenet_jax.user_cache import user_cache_dir
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 

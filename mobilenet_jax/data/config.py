@@ -7,6 +7,16 @@ import ml_collections
 # Accepted values (validated by `dataset_info`; what "auto" means depends on the dataset, see sources.py).
 AUGMENTATIONS = ("auto", "inception_crop_flip", "inception_crop", "pad_crop_flip", "pad_crop", "none")
 NORMALIZATIONS = ("imagenet", "inception", "unit")
+# torchvision / timm ImageNet statistics (RGB, on the 0..1 scale).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Each normalisation on 0..255 pixels as (mean, std) per channel: x = (pixel - mean) / std, as
+# `data/preprocess.normalize` computes it (an exported uint8-input model normalises its input so).
+PIXEL_NORMALIZATIONS = {
+    "imagenet": (tuple(255 * m for m in IMAGENET_MEAN), tuple(255 * s for s in IMAGENET_STD)),
+    "inception": ((127.5,) * 3, (127.5,) * 3),
+    "unit": ((0.0,) * 3, (255.0,) * 3),
+}
 RESIZE_METHODS = ("bilinear", "bicubic", "nearest", "area", "lanczos3", "lanczos5", "gaussian",
                   "mitchellcubic")
 

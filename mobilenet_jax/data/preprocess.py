@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from mobilenet_jax.data.config import AUGMENTATIONS, NORMALIZATIONS
-
-# torchvision / timm ImageNet statistics (RGB, on the 0..1 scale).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from mobilenet_jax.data.config import AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS
 
 # Inception-style random-resized crop (Szegedy et al. 2015, "Going deeper with convolutions", sec. 6:
 # "patches whose size is distributed evenly between 8% and 100% of the image area with aspect ratio

@@ -1,10 +1,9 @@
 """Evaluate released weights on real images: `python -m mobilenet_jax.evaluate --help`.
 
-    weights = load_weights(args)            # .tflite, any converter source, or a checkpoint dir
+    loaded = mobilenet_jax.weights.load(path)   # .tflite, a checkpoint dir, or a converter source
     paths, labels = list_images("photos/")
-    logits = predict(weights, paths)        # or runtime="litert" for a .tflite file
+    logits = predict(loaded, paths)             # or runtime="litert" for a .tflite file
 """
 
 from mobilenet_jax.evaluate.cli import main, predict, summarize, top_k
 from mobilenet_jax.evaluate.images import list_images
-from mobilenet_jax.evaluate.weights import Weights, load_weights

@@ -25,6 +25,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from mobilenet_jax.weights.load import Loaded
+
 RUNTIMES = ("jax", "litert")
 ACTIVATIONS = ("auto", "float", "8bit")
 TOP_K = 5
@@ -103,14 +105,14 @@ def agreement(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
   return {"images": n, "top1": same / n, "top1_with_ties": tied / n}
 
 
-def resolve_activations(weights, activations: str) -> str:
+def resolve_activations(weights: Loaded, activations: str) -> str:
   """'auto' -> '8bit' for a file whose arithmetic `eight_bit_apply` reproduces, else 'float'."""
   if activations != "auto":
     return activations
   return "8bit" if weights.tflite is not None and weights.tflite.eight_bit is not None else "float"
 
 
-def predict(weights, paths: Sequence[str], runtime: str = "jax", batch_size: int = 32,
+def predict(weights: Loaded, paths: Sequence[str], runtime: str = "jax", batch_size: int = 32,
             progress: bool = True, activations: str = "auto") -> np.ndarray:
   """Logits [N, classes] of every image, prepared by `weights.recipe`, from our model (in float,
   or with a quantized file's 8-bit arithmetic: see --activations) or LiteRT."""
@@ -165,11 +167,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from mobilenet_jax.convert.assemble import ConversionError
   from mobilenet_jax.data.folder import BadImageError
   from mobilenet_jax.evaluate.images import list_images
-  from mobilenet_jax.evaluate.weights import load_weights
+  from mobilenet_jax.weights.arguments import load_from_arguments
 
   try:
     paths, labels = list_images(args.images)
-    weights = load_weights(args)
+    weights = load_from_arguments(args)
     args.activations = resolve_activations(weights, args.activations)
     print(f"{weights.description}\nimages: {len(paths)} under {args.images}, "
           f"{sum(l is not None for l in labels)} labelled; preprocessing "

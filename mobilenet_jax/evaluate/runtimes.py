@@ -19,12 +19,12 @@ import numpy as np
 class JaxClassifier:
   """`model.apply(variables, images, train=False)`, jitted once for a fixed batch size; with
   `eight_bit` (a quantized file's `TfliteModel`), with the file's 8-bit activations
-  (`convert.tflite_activations.eight_bit_apply`)."""
+  (`convert.eight_bit_apply`)."""
 
   def __init__(self, model: Any, variables: Any, batch_size: int, eight_bit: Any = None):
     import jax
 
-    from mobilenet_jax.convert.tflite_activations import eight_bit_apply
+    from mobilenet_jax.convert.tflite_eight_bit import eight_bit_apply
 
     self.batch_size = batch_size
     self.variables = jax.device_put(variables)

@@ -45,11 +45,11 @@ def _with_metadata(data: bytes, model: Any, resolution: int, input_type: str,
                    normalization: Optional[str], preprocessing: Optional[Mapping[str, Any]],
                    description: Optional[str]) -> bytes:
   """The file, with what `python -m mobilenet_jax.evaluate` needs to score it."""
-  from mobilenet_jax.export.tflite_metadata import add_metadata
-  return add_metadata(data, {
-      "description": description or f"{type(model).__name__} {model.num_classes} classes",
-      "resolution": resolution, "input": input_type, "normalization": normalization,
-      "padding": model.padding, "preprocessing": dict(preprocessing) if preprocessing else None})
+  from mobilenet_jax.convert.tflite_metadata import ExportInfo, add_metadata
+  return add_metadata(data, ExportInfo(
+      description=description or f"{type(model).__name__} {model.num_classes} classes",
+      resolution=resolution, input=input_type, normalization=normalization, padding=model.padding,
+      preprocessing=dict(preprocessing) if preprocessing else None))
 
 
 def to_tflite(model: Any, variables: Mapping[str, Any], out: Optional[str] = None, *,

@@ -82,10 +82,10 @@ def calibration_batches(directory: str, recipe, pixels: bool, limit: int
 def run(args: argparse.Namespace) -> str:
   """Writes the file; returns a one-line description of it."""
   from mobilenet_jax import export
-  from mobilenet_jax.evaluate.weights import load_weights
+  from mobilenet_jax.weights.arguments import load_from_arguments
 
   _check(args)
-  weights = load_weights(args)
+  weights = load_from_arguments(args)
   recipe = weights.recipe
   resolution = args.resolution or recipe.resolution
   options = {"resolution": resolution}

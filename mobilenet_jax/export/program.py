@@ -27,17 +27,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mobilenet_jax.data.config import PIXEL_NORMALIZATIONS
 from mobilenet_jax.models.builder import MIN_RESOLUTION, MobileNet
 from mobilenet_jax.models.fold import batch_norm_epsilon, fold_batch_norm
 
 Batch = Union[int, str]   # an int >= 1, or "dynamic"
 DYNAMIC = "dynamic"
-# Scale of each input normalisation on 0..255 pixels: (mean, std) per channel, as
-# `data/preprocess.normalize` computes them.
-_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-PIXEL_NORMALIZATIONS = {"inception": ((127.5,) * 3, (127.5,) * 3), "unit": ((0.0,) * 3, (255.0,) * 3),
-                        "imagenet": (_IMAGENET_MEAN, _IMAGENET_STD)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from mobilenet_jax import pretrained
 from mobilenet_jax.train.checkpointing import first_mismatch
+from mobilenet_jax.weights import read_checkpoint
 
 CLASSIFIER = "classifier"
 COLLECTIONS = ("params", "batch_stats")
@@ -116,7 +116,8 @@ def load(directory: str, template: dict[str, Any],
   Returns the values {collection: {'path/to/leaf': numpy array}}, without the classifier when it
   is to be re-initialised, and what was loaded.
   """
-  name, options, loaded = pretrained.load_pretrained(directory)
+  checkpoint = read_checkpoint(directory)
+  name, options, loaded = checkpoint.model_name, checkpoint.options, checkpoint.variables
   for key in NUMERIC_OPTIONS:
     if model_options and key in options and key in model_options and \
         model_options[key] != options[key]:
