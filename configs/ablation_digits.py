@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import default
+from mobilenet_jax.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

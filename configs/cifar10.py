@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from mobilenet_jax.configs import common
 from mobilenet_jax.train.config import base_config
 
 EPOCHS = 6.0

@@ -2,7 +2,9 @@
 
 import sys
 
-from mobilenet_jax.convert.cli import main
+from mobilenet_jax import extras
 
 if __name__ == "__main__":
+  extras.require("python -m mobilenet_jax.convert", "train")
+  from mobilenet_jax.convert.cli import main
   sys.exit(main())
