@@ -16,8 +16,8 @@ from typing import Optional
 import jax
 
 # Programs that compiled faster than this are not written (reading them back would save little).
-# 0.1 s keeps a MobileNet's init program (`init_variables`: 0.16-0.18 s for V3-Large on a 2-core
-# CPU), which a warm start would otherwise compile again.
+# Low enough to keep a MobileNet's init program (`init_variables`), which a warm start would
+# otherwise compile again (docs/startup.md).
 MIN_COMPILE_SECONDS = 0.1
 
 

@@ -7,6 +7,7 @@ A command checks its extras before importing them, so a missing package is one l
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 # extra -> {distribution, as pyproject.toml lists it: the module it provides}
 EXTRAS = {
@@ -48,3 +49,11 @@ def require(command: str, *extras: str) -> None:
     raise SystemExit(f"{command} needs the {names} extra{'s' if len(extras) > 1 else ''} "
                      f"(missing: {', '.join(absent)}): in the mobilenet_jax repository run "
                      f"{install_command(*extras)}")
+
+
+def require_when_run(package: str, *extras: str) -> None:
+  """`require` for `python -m PACKAGE`, called first in the package's `__init__`: Python imports the
+  package before its `__main__`, with `sys.argv[0] == "-m"` while it does (the `-m` option's documented
+  behaviour), so the check runs before the package imports its extras; an import from code is untouched."""
+  if sys.argv[:1] == ["-m"]:
+    require(f"python -m {package}", *extras)

@@ -1,10 +1,9 @@
-"""`python -m mobilenet_jax.evaluate --help`; see `mobilenet_jax.evaluate.cli`."""
+"""`python -m mobilenet_jax.evaluate --help`; see `mobilenet_jax.evaluate.cli` (the package checks its
+extras first: `mobilenet_jax.extras.require_when_run`)."""
 
 import sys
 
-from mobilenet_jax import extras
+from mobilenet_jax.evaluate.cli import main
 
 if __name__ == "__main__":
-  extras.require("python -m mobilenet_jax.evaluate", "train")
-  from mobilenet_jax.evaluate.cli import main
   sys.exit(main())

@@ -22,8 +22,12 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import numpy as np
 
 from mobilenet_jax import extras
-from mobilenet_jax.export.constant_factors import fold_constant_factors
-from mobilenet_jax.export.program import DYNAMIC, Batch, Program, deployment_program, parse_batch
+
+extras.require_when_run("mobilenet_jax.export", "train", "export")
+
+from mobilenet_jax.export.constant_factors import fold_constant_factors  # noqa: E402
+from mobilenet_jax.export.program import (  # noqa: E402
+    DYNAMIC, Batch, Program, deployment_program, parse_batch)
 
 FORMATS = ("tflite", "tflite-int8", "onnx", "stablehlo")
 Calibration = Union[np.ndarray, Callable[[], Iterable[np.ndarray]]]

@@ -1,10 +1,9 @@
-"""`python -m mobilenet_jax.export --help`; see `mobilenet_jax.export.cli`."""
+"""`python -m mobilenet_jax.export --help`; see `mobilenet_jax.export.cli` (the package checks its
+extras first: `mobilenet_jax.extras.require_when_run`)."""
 
 import sys
 
-from mobilenet_jax import extras
+from mobilenet_jax.export.cli import main
 
 if __name__ == "__main__":
-  extras.require("python -m mobilenet_jax.export", "train", "export")
-  from mobilenet_jax.export.cli import main
   sys.exit(main())
