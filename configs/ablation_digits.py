@@ -4,7 +4,7 @@
     python -m mobilenet_jax.main --config=configs/ablation_digits.py --workdir=runs/base   # one run
 
 8 epochs instead of the default job's 20, so that the full default sweep (8 expansion variants and
-5 MobileNetV1 width/resolution variants, 3 seeds each) finishes in under 30 minutes on a 2-core CPU.
+5 MobileNetV1 width/resolution variants, 3 seeds each) fits a short session on a 2-core CPU.
 Each variant overrides only the model and the resolution. Hardware: any CPU.
 Expected: 94-99% eval top-1 on the held-out digits depending on the variant (see
 experiments/results/).
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import default
+from mobilenet_jax.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

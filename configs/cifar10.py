@@ -12,15 +12,13 @@ recipe), ImageNet mean/std normalisation. The folder form reads `train/<class>/`
 (an archive is extracted once into the user cache folder); the 10 classes are the sorted folder names,
 which is tfds's label order (airplane ... truck). Eval: all 10,000 test images.
 
-The network is ImageNet's MobileNetV2 unchanged (5 stride-2 layers: a 1x1 map before the pooling), the
-size a 2-core CPU trains for a 3-seed sweep of five t values in 86 minutes. `small_input=1` (the stem at
-stride 1, a 2x2 last map, as CIFAR papers adapt ImageNet networks) costs 3.0-4.7x per image.
+The network is ImageNet's MobileNetV2 unchanged (5 stride-2 layers: a 1x1 map before the pooling), sized
+so that a 3-seed sweep of five t values fits a 2-core CPU. `small_input=1` (the stem at stride 1, a 2x2
+last map, as CIFAR papers adapt ImageNet networks) costs several times more per image.
 SGD + Nesterov 0.9, lr 0.1 per 128 images with 1 warm-up epoch and cosine decay, weight decay 5e-4
 (short CIFAR schedules need more than ImageNet's 4e-5), BN momentum 0.9, no dropout.
 
-Hardware: any CPU. Measured on a 2-core CPU (`python experiments/expansion_ablation.py` as above, training
-step only, batch 128): width 0.35 t=6 1,415 images/s (t=1 6,372, t=10 1,137); small_input=1: t=6 472,
-t=1 1,356; a whole run, input pipeline and evaluation included, takes 6-7 minutes at t=6. Expected top-1
+Hardware: any CPU (throughput per variant: `experiments/results/cifar10/`). Expected top-1
 on the 10,000 test images after the EPOCHS epochs (seeds 0, 1, 2): t=6 55.5 / 57.1 / 55.9%, t=10 about
 60%, t=1 about 53% (`experiments/results/cifar10/`, the README's expansion study). Six epochs are what a
 3-seed sweep fits on 2 cores; accuracy still rises with longer schedules.
@@ -30,7 +28,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from mobilenet_jax.configs import common
 from mobilenet_jax.train.config import base_config
 
 EPOCHS = 6.0

@@ -1,10 +1,10 @@
-"""MobileNetV2 on the embedded digits: the default job, about a minute on a 2-core CPU.
+"""MobileNetV2 on the embedded digits: the default job, sized for a 2-core CPU.
 
     python -m mobilenet_jax.main --workdir=runs/default
 
 Hardware: any CPU (tuned on 2 cores). Expected: >= 97% eval top-1 on the 360 held-out digits
-(measured with seeds 0/1/2: 0.981/0.978/0.986 top-1; 55-90 s wall, start-up and compilation
-included; 20 epochs = 440 steps). Higher rates are unstable: lr 0.1 diverged on this job, lr 0.05
+(measured with seeds 0/1/2: 0.981/0.978/0.986 top-1; 20 epochs = 440 steps; its duration: the
+README). Higher rates are unstable: lr 0.1 diverged on this job, lr 0.05
 with expansion t=2 on one seed of three.
 The 1,437 training digits (8x8 scikit-learn images upscaled to 32x32) train a width-0.5 network
 with SGD + Nesterov; BatchNorm momentum 0.9 so running averages settle within the short run.

@@ -41,7 +41,7 @@ import os
 
 import ml_collections
 
-from configs import common
+from mobilenet_jax.configs import common
 from mobilenet_jax.train.config import base_config
 
 

@@ -8,7 +8,7 @@ TPUEstimator did). ImageNet must be prepared for tensorflow-datasets (manual dow
 Expected top-1 (V1 paper Tables 6-7): width 1.0: 70.6% @224, 69.1% @192, 67.2% @160, 64.4% @128;
 0.75: 68.4%, 0.5: 63.7%, 0.25: 50.6% @224. Not reproduced by this project (no ImageNet here).
 
-Recipe (tensorflow/tpu models/official/mobilenet; ANCHORS-training.md 7.2): RMSProp (TF1) decay 0.9,
+Recipe (github.com/tensorflow/tpu, models/official/mobilenet): RMSProp (TF1) decay 0.9,
 momentum 0.9, epsilon 1.0; lr 0.165 per 256 images, x0.94 every 3 epochs (staircase) after a 5-epoch
 warmup, floor 1e-4 of the peak; label smoothing 0.1; EMA 0.995 of weights and BN statistics; BN
 decay 0.996, epsilon 1e-3; weight decay 4e-5 on kernels but "very little or no weight decay ... on
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from mobilenet_jax.configs import common
 from mobilenet_jax.train.config import base_config
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from mobilenet_jax.configs import common
 from mobilenet_jax.train.config import base_config
 
 

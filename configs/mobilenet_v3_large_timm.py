@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common, mobilenet_v3_large
+from mobilenet_jax.configs import common, mobilenet_v3_large
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import mobilenet_v3_large
+from mobilenet_jax.configs import mobilenet_v3_large
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

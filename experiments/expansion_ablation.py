@@ -36,18 +36,15 @@ import math
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence, Union
 
+import mobilenet_jax
+from mobilenet_jax import config_files
+from mobilenet_jax.models import mobilenet_v1, mobilenet_v2
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # the `configs` package lives at the repository root
-  sys.path.insert(0, ROOT)
-
-import mobilenet_jax  # noqa: E402
-from mobilenet_jax.models import mobilenet_v1, mobilenet_v2  # noqa: E402
-
 COMMITTED_RESULTS = os.path.join(ROOT, "experiments", "results")
 STUDIES = ("expansion", "v1")
 STUDY_TITLES = {"expansion": "MobileNetV2 expansion factor t",
@@ -186,21 +183,9 @@ def v1_variants(widths: Sequence[float], resolutions: Sequence[int]) -> list[Var
 
 
 def load_config(spec: str):
-  """A config file's `get_config(arg)`: "configs/default.py" or "configs/mobilenet_v2.py:width=1.0"
-  (relative paths are tried from the current directory, then from the repository root)."""
-  import importlib.util
-
-  path, _, arg = spec.partition(":")
-  candidates = [path, os.path.join(ROOT, path)]
-  found = next((p for p in candidates if os.path.isfile(p)), None)
-  if found is None:
-    raise FileNotFoundError(f"config file {path!r} not found (looked in {os.getcwd()} and {ROOT}); "
-                            "pass e.g. configs/default.py")
-  module_spec = importlib.util.spec_from_file_location(f"_ablation_config_{abs(hash(found))}",
-                                                       found)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  """A config file's `get_config(arg)`: "configs/default.py", "configs/mobilenet_v2.py:width=1.0"
+  or a shipped recipe's name ("mobilenet_v2:width=1.0"), as `python -m mobilenet_jax.main` reads it."""
+  return config_files.load(spec)
 
 
 def study_base_config(settings: AblationSettings, study: str):

@@ -3,6 +3,7 @@ step, and what the test suite's and the training job's start-up choices save.
 
     python experiments/startup_costs.py                           # every study
     python experiments/startup_costs.py --studies first_logits,main_job
+    python experiments/startup_costs.py --json experiments/results/startup_costs.json   # also a file
 
 - first_logits: seconds from `import mobilenet_jax` to the first logits of one 224x224 image, the
   README's way (`create_model`, `mj.init_variables`, `jax.jit(model.apply)`, with the compilation
@@ -26,12 +27,18 @@ step, and what the test suite's and the training job's start-up choices save.
 
 Each variant runs in its own Python process (XLA_FLAGS are read once per process; compilation caches
 would favour the second variant otherwise), `--repeats` times, alternating; the medians are printed.
+`--json PATH` also writes every run's seconds, their medians, the command and the machine (CPU count,
+load average, library versions) to PATH (docs/startup.md: how to read them).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.metadata
+import json
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -100,12 +107,14 @@ def _main_job_first_step(cache: str) -> tuple[float, float]:
   return float(match.group(1)), float(match.group(2))
 
 
-def cache_study(study: str, repeats: int) -> None:
-  """Cold (empty cache) and warm (second process, same cache) seconds, medians of `repeats` pairs."""
+def cache_study(study: str, repeats: int) -> dict[str, dict[str, list[float]]]:
+  """Cold (empty cache) and warm (second process, same cache) seconds of `repeats` pairs per case;
+  prints the medians."""
   cases = {"first_logits": FIRST_LOGITS_MODELS, "readme_snippet": ("model zoo snippet",)
            }.get(study, ("default job",))
+  results = {}
   for case in cases:
-    seconds = {"cold": [], "warm": []}
+    seconds = results[case] = {"cold": [], "warm": []}
     for _ in range(repeats):
       with tempfile.TemporaryDirectory() as cache:
         for label in ("cold", "warm"):
@@ -123,6 +132,33 @@ def cache_study(study: str, repeats: int) -> None:
           seconds[label].append(float(out.split("SECONDS ")[1].split()[0]))
     print(f"{study:16s}{case:20s}" + "  ".join(f"{label}: {statistics.median(s):5.2f} s"
                                                for label, s in seconds.items()), flush=True)
+  return results
+
+
+def write_json(path: str, argv: list[str], results: dict) -> None:
+  """The runs' seconds and medians, with the command and the machine that gave them."""
+  versions = {}
+  for name in ("jax", "jaxlib", "flax", "tensorflow-cpu"):
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  record = {
+      "command": " ".join(["python experiments/startup_costs.py", *argv]),
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "machine": {"cpus": os.cpu_count(), "architecture": platform.machine(),
+                  "load_average_1_5_15min": list(os.getloadavg()), "python": platform.python_version(),
+                  **versions},
+      "results": {study: {case: {label: {"median_s": round(statistics.median(runs), 3),
+                                         "runs_s": [round(r, 3) for r in runs]}
+                                 for label, runs in labels.items()}
+                          for case, labels in cases.items()}
+                  for study, cases in results.items()},
+  }
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(record, f, indent=1)
+    f.write("\n")
 
 
 def _measure(study: str, variant: str) -> float:
@@ -189,18 +225,21 @@ def main(argv=None) -> None:
   studies = [*CACHE_STUDIES, *VARIANTS]
   parser.add_argument("--studies", default=",".join(studies), help=f"comma list of {studies}")
   parser.add_argument("--repeats", type=int, default=2, help="processes per variant")
+  parser.add_argument("--json", help="also write the runs and the machine to this JSON file")
   parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.child:
     print(f"SECONDS {_measure(*args.child)}")
     return
+  results = {}
   for study in args.studies.split(","):
     if study in CACHE_STUDIES:
-      cache_study(study, args.repeats)
+      results[study] = cache_study(study, args.repeats)
       continue
     if study not in VARIANTS:
       parser.error(f"unknown study {study!r}; choose from {studies}")
     seconds = {label: [] for label in VARIANTS[study]}
+    results[study] = {"variants": seconds}
     for _ in range(args.repeats):
       for label, value in VARIANTS[study].items():
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -212,6 +251,8 @@ def main(argv=None) -> None:
         seconds[label].append(float(out.split("SECONDS ")[1].split()[0]))
     print(f"{study:16s}" + "  ".join(f"{label}: {statistics.median(s):5.2f} s"
                                      for label, s in seconds.items()), flush=True)
+  if args.json:
+    write_json(args.json, sys.argv[1:] if argv is None else list(argv), results)
 
 
 if __name__ == "__main__":

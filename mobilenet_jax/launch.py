@@ -28,7 +28,12 @@ import threading
 import time
 from typing import Callable, IO, Optional, Sequence
 
-from absl import app, flags
+from mobilenet_jax import extras
+
+if __name__ == "__main__":
+  extras.require("python -m mobilenet_jax.launch", "train")
+
+from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("processes", 2, "Number of processes (simulated hosts).", lower_bound=1)

@@ -1,8 +1,11 @@
 """The training job on the command line.
 
     python -m mobilenet_jax.main --workdir=runs/default            # configs/default.py (digits)
-    python -m mobilenet_jax.main --config=configs/mobilenet_v3_large.py:width=0.75,resolution=192 \
+    python -m mobilenet_jax.main --config=mobilenet_v3_large:width=0.75,resolution=192 \
         --workdir=runs/v3l --config.batch_size=512
+
+`--config` takes a config file's path or a shipped recipe's name (`configs/` of the repository,
+installed as `mobilenet_jax.configs`: found from any directory; `mobilenet_jax.config_files`).
 
 Kept short on purpose (flax examples/imagenet style): everything lives in `mobilenet_jax.train`,
 importable from notebooks without flags. Running the same command again resumes the run.
@@ -17,18 +20,19 @@ from __future__ import annotations
 
 import os
 
+from mobilenet_jax import extras
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline) C++ logs
+if __name__ == "__main__":
+  extras.require("python -m mobilenet_jax.main", "train")
 
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "default.py")
+from mobilenet_jax.config_files import define_config_flag  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training config file, optionally "
-                                "with an argument: configs/<file>.py:width=0.75", lock_config=True)
+define_config_flag("config", default="default")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0's "
                     "coordinator (jax.distributed.initialize); None: found from the environment.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes of the job.")

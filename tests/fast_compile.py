@@ -2,9 +2,8 @@
 
 The tests run tiny networks, where compiling costs far more than running: most of XLA's optimisation
 passes are skipped (`JAX_DISABLE_MOST_OPTIMIZATIONS`, as flax's examples do in their tests) and
-XLA:CPU's older loop emitters replace its MLIR fusion emitters, which halves the compile time of an
-unoptimised training step (MobileNetV2 x0.35 at 32 px, batch 32, jit(grad): 5.5 -> 2.6 s on a
-2-core CPU, `python experiments/startup_costs.py --studies fusion_emitters`).
+XLA:CPU's older loop emitters replace its MLIR fusion emitters, which compile an unoptimised
+training step sooner (`python experiments/startup_costs.py --studies fusion_emitters` measures it).
 Results are the same operations with the same float32 semantics; the rounding may differ in the
 last bits.
 """
@@ -25,7 +24,7 @@ def child_env(**extra: str) -> dict[str, str]:
   """A child process's environment: this one's, without its XLA_FLAGS (a simulated device count
   is the child's own choice), with the fast-compile settings and `extra`.
 
-  `TF_USE_LEGACY_KERAS=1`: `import tensorflow` loads all of Keras 3 (~3 s of CPU, for `tf.keras`)
+  `TF_USE_LEGACY_KERAS=1`: `import tensorflow` loads all of Keras 3 (for `tf.keras`)
   unless told to use Keras 2 (`tf_keras`), which is not installed, so it loads none; the training
   job uses tf.data only.
   """

@@ -1,4 +1,5 @@
-"""Config files (configs/*.py), their "width=...,resolution=..." argument and the config checks."""
+"""Config files (configs/*.py, installed as mobilenet_jax.configs), their "width=...,resolution=..."
+argument, `--config` by path or by name, and the config checks."""
 
 import importlib
 import os
@@ -6,14 +7,11 @@ import sys
 
 import pytest
 from absl import flags
-from ml_collections import config_flags
 
-from mobilenet_jax import train
+from mobilenet_jax import config_files, train
+from mobilenet_jax.configs import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # `configs` is a top-level folder of the repository, like flax examples
-
-from configs import common  # noqa: E402
 
 VARIANTS = {  # file -> (argument, expected model name)
     "default": (None, "mobilenet_v2"),
@@ -29,7 +27,7 @@ VARIANTS = {  # file -> (argument, expected model name)
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_every_config_builds_a_valid_run(name):
   arg, model_name = VARIANTS[name]
-  module = importlib.import_module(f"configs.{name}")
+  module = importlib.import_module(f"mobilenet_jax.configs.{name}")
   assert "python -m mobilenet_jax.main" in module.__doc__ and "xpected" in module.__doc__
   config = train.complete_config(module.get_config(arg))
   assert config.model.name == model_name
@@ -42,10 +40,10 @@ def test_every_config_builds_a_valid_run(name):
 
 
 def test_paper_recipes():
-  v2 = importlib.import_module("configs.mobilenet_v2").get_config()
+  v2 = importlib.import_module("mobilenet_jax.configs.mobilenet_v2").get_config()
   assert (v2.optimizer.name, v2.optimizer.rmsprop_decay, v2.optimizer.momentum) == ("rmsprop", 0.9, 0.9)
   assert (v2.optimizer.weight_decay, v2.schedule.learning_rate, v2.schedule.decay_rate) == (4e-5, 0.045, 0.98)
-  v3 = importlib.import_module("configs.mobilenet_v3_large").get_config()
+  v3 = importlib.import_module("mobilenet_jax.configs.mobilenet_v3_large").get_config()
   assert (v3.schedule.learning_rate, v3.batch_size, v3.schedule.decay_rate, v3.schedule.decay_epochs) == (
       0.1, 4096, 0.99, 3.0)
   assert (v3.model.dropout_rate, v3.optimizer.weight_decay, v3.ema_decay) == (0.2, 1e-5, 0.9999)
@@ -69,8 +67,7 @@ def _parse_command_line(monkeypatch, *argv):
   argv = ["prog", *argv]
   monkeypatch.setattr(sys, "argv", argv)
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "default.py"),
-                                  flag_values=values, lock_config=True)
+  config_files.define_config_flag("config", default="default", flag_values=values)
   values(argv)
   return values.config
 
@@ -85,6 +82,22 @@ def test_command_line_overrides_and_unknown_keys(monkeypatch):
   assert _parse_command_line(monkeypatch).model.name == "mobilenet_v2"  # no --config: configs/default.py
   with pytest.raises(AttributeError, match='Did you mean "batch_size" instead of "bach_size"'):
     _parse_command_line(monkeypatch, "--config.bach_size=512")
+
+
+def test_config_by_shipped_name_from_any_directory(monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)   # no configs/ here: the names resolve to the installed recipes
+  for spec in ("mobilenet_v3_small:minimal", "mobilenet_v3_small.py:minimal",
+               "configs/mobilenet_v3_small.py:minimal"):
+    assert _parse_command_line(monkeypatch, f"--config={spec}").model.name == (
+        "mobilenet_v3_small_minimal")
+  own = tmp_path / "mine.py"    # a file at the given path wins
+  own.write_text("from mobilenet_jax.configs import default\n"
+                 "def get_config(arg=None):\n"
+                 "  c = default.get_config()\n  c.batch_size = int(arg)\n  return c\n")
+  assert _parse_command_line(monkeypatch, "--config=mine.py:32").batch_size == 32
+  assert config_files.load("mine.py:16").batch_size == 16
+  with pytest.raises(flags.IllegalFlagValueError, match="not a shipped recipe.*mobilenet_v2"):
+    _parse_command_line(monkeypatch, "--config=mobilenet_v9")
 
 
 def test_unknown_key_in_a_python_config_is_an_error():

@@ -38,7 +38,7 @@ LOGIT_STD = 3.0
 
 @pytest.fixture(scope="module", autouse=True)
 def single_threaded_torch():
-  """torch's tiny forward passes run 100x slower with one thread per core on a busy machine."""
+  """torch's tiny forward passes run far slower with one thread per core on a busy machine."""
   threads = torch.get_num_threads()
   torch.set_num_threads(1)
   yield

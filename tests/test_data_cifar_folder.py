@@ -5,7 +5,6 @@ same batches through tfds `cifar10` and through the folder."""
 import collections
 import os
 import pathlib
-import sys
 import tarfile
 
 import pytest
@@ -13,7 +12,6 @@ import pytest
 from mobilenet_jax.data import archive, folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `configs` is a top-level folder of the repository
 
 CIFAR_ARCHIVE = ROOT / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -87,7 +85,7 @@ def test_cifar10_config_gives_the_same_batches_from_tfds_and_the_folder(tmp_path
   import numpy as np
   from PIL import Image
 
-  from configs import cifar10
+  from mobilenet_jax.configs import cifar10
   from mobilenet_jax.data import pipeline, preprocess, sources
 
   rng = np.random.default_rng(0)

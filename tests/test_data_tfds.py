@@ -1,7 +1,7 @@
 """ImageNet and other TFDS datasets: the pipeline end to end under `tfds.testing.mock_data`, eval padding
 over simulated hosts, preprocessing ops, and the errors for missing or unknown datasets.
 
-The fake imagenet2012 has real metadata (split sizes written at test time, ANCHORS-training.md 6.3) and
+The fake imagenet2012 has real metadata (split sizes written at test time, as `tfds.testing.mock_data` reads them) and
 examples whose label is their index in the split, so host shares can be checked for overlap.
 """
 

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-pytest.importorskip("jax2onnx", reason="pip install mobilenet_jax[export]")
-pytest.importorskip("onnxruntime", reason="pip install mobilenet_jax[export]")
-pytest.importorskip("ai_edge_litert", reason="pip install mobilenet_jax[export]")
+pytest.importorskip("jax2onnx", reason='pip install -e ".[export]"')
+pytest.importorskip("onnxruntime", reason='pip install -e ".[export]"')
+pytest.importorskip("ai_edge_litert", reason='pip install -e ".[export]"')
 
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402

@@ -20,9 +20,9 @@ import pytest
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(),
                                 reason=f"real data not found at {DATA} (see its README.md)")
-pytest.importorskip("jax2onnx", reason="pip install mobilenet_jax[export]")
-pytest.importorskip("onnxruntime", reason="pip install mobilenet_jax[export]")
-pytest.importorskip("ai_edge_litert", reason="pip install mobilenet_jax[export]")
+pytest.importorskip("jax2onnx", reason='pip install -e ".[export]"')
+pytest.importorskip("onnxruntime", reason='pip install -e ".[export]"')
+pytest.importorskip("ai_edge_litert", reason='pip install -e ".[export]"')
 
 import onnxruntime as ort  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402

@@ -181,7 +181,7 @@ def test_linear_probe_from_a_released_tflite_file_on_real_cifar10(tmp_path, cifa
   come from the checkpoint, the new head has CIFAR-10's 10 classes, the frozen layers do not move."""
   if not RELEASED_V2.is_file():
     pytest.skip(f"the released MobileNetV2 file is not beside the project ({RELEASED_V2})")
-  from configs import finetune
+  from mobilenet_jax.configs import finetune
 
   checkpoint = tmp_path / "v2"
   subprocess.run([sys.executable, "-m", "mobilenet_jax.convert", "--source=tflite",

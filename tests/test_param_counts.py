@@ -39,8 +39,8 @@ def test_param_counts_are_pinned(name, width, pinned):
 
 
 # Keras applications build every released architecture offline (weights=None). On Keras's numpy
-# backend they build in a fraction of a second each (the tests' JAX backend compiles every
-# initializer: 3-6 s per network), so one child process counts them all.
+# backend they build without compiling anything (the tests' JAX backend compiles every
+# initializer), so one child process counts them all.
 _KERAS_COUNTS = """
 import json, sys
 import keras
@@ -78,7 +78,7 @@ def test_param_counts_of_torchvision_at_width_one():
                        ("mobilenet_v3_large", models.mobilenet_v3_large),
                        ("mobilenet_v3_small", models.mobilenet_v3_small)):
     assert our_params(ours, 1.0) == sum(p.numel() for p in theirs().parameters())
-  # torchvision's own rule at alpha = 0.75 (ANCHORS-models.md section 2.2: 3,377,576).
+  # torchvision's own rule at alpha = 0.75 (torchvision's `mobilenet_v3_large(width_mult=0.75)`: 3,377,576).
   reference = sum(p.numel() for p in models.mobilenet_v3_large(width_mult=0.75).parameters())
   assert our_params("mobilenet_v3_large", 0.75, width_rule="torchvision") == reference == 3_377_576
 

@@ -58,7 +58,7 @@ BELOW_TARGET = {"mobilenet_v1_0.25_128_quant": "93.5%",
 
 @pytest.fixture(scope="module", autouse=True)
 def optimized_xla():
-  """108 images through each network: XLA's optimizations pay for themselves here (3x faster),
+  """108 images through each network: XLA's optimizations pay for themselves here,
   unlike in the tiny-input tests conftest.py tunes compilation for."""
   import jax
 

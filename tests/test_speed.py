@@ -14,7 +14,7 @@ from mobilenet_jax.tools import benchmark
 
 
 def _fast_init(model, resolution):
-  """Random float32 variables via eval_shape: compiling the real initialiser takes ~10 s here."""
+  """Random float32 variables via eval_shape, without compiling the real initialiser."""
   shapes = jax.eval_shape(model.clone(dtype=None).init, jax.random.key(0),
                           jnp.zeros((1, resolution, resolution, 3)))
   rng = np.random.default_rng(0)

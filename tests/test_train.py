@@ -100,7 +100,7 @@ def _logits(model, variables, images):
 
 
 def _init(model, seed):
-  """The variables a run with this seed initialises (jitted: op by op takes ~10 s here)."""
+  """The variables a run with this seed initialises (jitted: op by op is slow)."""
   init = jax.jit(functools.partial(model.init, train=False))
   return init(jax.random.PRNGKey(seed), np.zeros((1, 32, 32, 3), np.float32))
 

@@ -12,9 +12,13 @@ Float sources give numerically identical logits; quantized TFLite files run here
 their dequantized weights, and `eight_bit_apply` adds back the file's 8-bit activations.
 """
 
-from mobilenet_jax.convert.assemble import Conversion, ConversionError
-from mobilenet_jax.convert.keras_source import convert_keras, from_keras
-from mobilenet_jax.convert.torch_source import (TORCHVISION_ARCHS, convert_torch, from_torch,
-                                                supported_archs)
-from mobilenet_jax.convert.tflite_eight_bit import eight_bit_apply
-from mobilenet_jax.convert.tflite_source import convert_tflite, from_tflite
+from mobilenet_jax import extras
+
+extras.require_when_run("mobilenet_jax.convert", "train")
+
+from mobilenet_jax.convert.assemble import Conversion, ConversionError  # noqa: E402
+from mobilenet_jax.convert.keras_source import convert_keras, from_keras  # noqa: E402
+from mobilenet_jax.convert.torch_source import (  # noqa: E402
+    TORCHVISION_ARCHS, convert_torch, from_torch, supported_archs)
+from mobilenet_jax.convert.tflite_eight_bit import eight_bit_apply  # noqa: E402
+from mobilenet_jax.convert.tflite_source import convert_tflite, from_tflite  # noqa: E402

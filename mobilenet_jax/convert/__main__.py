@@ -1,4 +1,5 @@
-"""`python -m mobilenet_jax.convert --help`; see `mobilenet_jax.convert.cli`."""
+"""`python -m mobilenet_jax.convert --help`; see `mobilenet_jax.convert.cli` (the package checks its
+extras first: `mobilenet_jax.extras.require_when_run`)."""
 
 import sys
 

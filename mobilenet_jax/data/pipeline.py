@@ -6,7 +6,7 @@ shuffled once per epoch with a seed derived from (seed, epoch); each example get
 stream is a pure function of the seed. `start_step=k` skips the first `k * local_batch_size` examples
 *before* decoding (whole epochs are not even read), which resumes bit-exactly and cheaply.
 
-Eval (per host): big_vision's padding trick (ANCHORS-training.md 2.5): every host appends padding
+Eval (per host): big_vision's padding trick (`big_vision/input_pipeline.py`): every host appends padding
 examples with `mask=False` and yields `ceil(max host examples / batch)` batches, so all hosts run the same
 number of steps and the masked sum covers every example of the split exactly once.
 """

@@ -24,9 +24,8 @@ CROP_MIN_OBJECT_COVERED = 0.1
 
 # Every function handed to tf.data (`Dataset.map`, `flat_map`) is wrapped in this: they are graph
 # code already (tf.cond; Python branches only on static dtypes and config strings), so AutoGraph's
-# source rewrite would only add start-up time (the digits job's first train and eval batches: 1.35 s
-# with it, 0.76 s without, on a 2-core CPU: `python experiments/startup_costs.py --studies
-# autograph`). A Python branch on a tensor fails loudly here.
+# source rewrite would only add start-up time (measured by `python experiments/startup_costs.py
+# --studies autograph`, docs/startup.md). A Python branch on a tensor fails loudly here.
 graph_function = tf.autograph.experimental.do_not_convert
 
 

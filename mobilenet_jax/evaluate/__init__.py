@@ -5,5 +5,9 @@
     logits = predict(loaded, paths)             # or runtime="litert" for a .tflite file
 """
 
-from mobilenet_jax.evaluate.cli import main, predict, summarize, top_k
-from mobilenet_jax.evaluate.images import list_images
+from mobilenet_jax import extras
+
+extras.require_when_run("mobilenet_jax.evaluate", "train")
+
+from mobilenet_jax.evaluate.cli import main, predict, summarize, top_k  # noqa: E402
+from mobilenet_jax.evaluate.images import list_images  # noqa: E402

@@ -1,4 +1,5 @@
-"""`python -m mobilenet_jax.evaluate --help`; see `mobilenet_jax.evaluate.cli`."""
+"""`python -m mobilenet_jax.evaluate --help`; see `mobilenet_jax.evaluate.cli` (the package checks its
+extras first: `mobilenet_jax.extras.require_when_run`)."""
 
 import sys
 

@@ -10,7 +10,7 @@
 
 Every format starts from the same program (`program.py`: BatchNorm folded, XLA's layers); the
 converters are maintained libraries (jax2tf + the TFLite converter, jax2onnx + onnxscript +
-ONNX Runtime's offline optimiser, jax.export), installed by `pip install mobilenet_jax[export]`.
+ONNX Runtime's offline optimiser, jax.export), installed by `pip install -e ".[export]"`.
 Each function returns the file's bytes and writes them to `out` when given.
 """
 
@@ -21,8 +21,13 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
-from mobilenet_jax.export.constant_factors import fold_constant_factors
-from mobilenet_jax.export.program import DYNAMIC, Batch, Program, deployment_program, parse_batch
+from mobilenet_jax import extras
+
+extras.require_when_run("mobilenet_jax.export", "train", "export")
+
+from mobilenet_jax.export.constant_factors import fold_constant_factors  # noqa: E402
+from mobilenet_jax.export.program import (  # noqa: E402
+    DYNAMIC, Batch, Program, deployment_program, parse_batch)
 
 FORMATS = ("tflite", "tflite-int8", "onnx", "stablehlo")
 Calibration = Union[np.ndarray, Callable[[], Iterable[np.ndarray]]]
@@ -38,7 +43,8 @@ def _write(data: bytes, out: Optional[str]) -> bytes:
 def _require(module: str, what: str) -> None:
   import importlib.util
   if importlib.util.find_spec(module) is None:
-    raise ImportError(f"{what} needs the package {module!r}: pip install mobilenet_jax[export]")
+    raise ImportError(f"{what} needs the package {module!r} of the 'export' extra: in the "
+                      f"mobilenet_jax repository run {extras.install_command('export')}")
 
 
 def _with_metadata(data: bytes, model: Any, resolution: int, input_type: str,

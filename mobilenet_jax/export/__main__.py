@@ -1,4 +1,5 @@
-"""`python -m mobilenet_jax.export --help`; see `mobilenet_jax.export.cli`."""
+"""`python -m mobilenet_jax.export --help`; see `mobilenet_jax.export.cli` (the package checks its
+extras first: `mobilenet_jax.extras.require_when_run`)."""
 
 import sys
 

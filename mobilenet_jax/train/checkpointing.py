@@ -2,8 +2,9 @@
 
 `workdir/checkpoints/<step>/` holds `state` (the whole TrainState) and `meta` (model name and
 options, JSON). A step becomes visible to `latest_step()` only once Orbax has committed it, so an
-interrupted or failed save never becomes "latest" (ANCHORS-training.md section 5.2). All processes
-call every method (Orbax is multi-process safe, and saves gated on process 0 hang on pods).
+interrupted or failed save never becomes "latest" (Orbax writes a step to a temporary folder and
+renames it once complete). All processes call every method (Orbax is multi-process safe, and saves
+gated on process 0 hang on pods).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def _single_writer_registry(ocp) -> Any:
 
   Orbax's default on CPU and TPU (its GPU default is this one) splits a replicated array into one
   slice per replica, each cut by a program of its own: a new compilation for every array shape on
-  the first save of every process (400 small replicated arrays, about as many as a MobileNetV3-Small
-  training state holds, on 2 CPU devices: first save 12 s against 1.2 s). A MobileNet's state is
+  the first save of every process (a MobileNetV3-Small training state holds about 400 small
+  replicated arrays, so its first save would mostly compile). A MobileNet's state is
   tens of megabytes, which one writer handles.
 
   Nor is each array's sharding written (Orbax's `_sharding` file): `restore` places the state as its

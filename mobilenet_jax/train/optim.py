@@ -1,6 +1,6 @@
 """Optimizer, learning-rate schedule and weight-decay mask from the config (optax).
 
-Recipes (ANCHORS-training.md section 7): the MobileNet papers trained with TF1 `RMSPropOptimizer`,
+Recipes: the MobileNet papers trained with TF1 `RMSPropOptimizer`,
 whose mean-square accumulator starts at 1 with epsilon inside the square root and the learning
 rate applied inside the momentum accumulator; optax reproduces it exactly with
 `optax.rmsprop(lr, decay, eps, initial_scale=1.0, eps_in_sqrt=True, momentum=m)`. Weight decay in

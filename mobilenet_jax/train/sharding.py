@@ -2,7 +2,7 @@
 
 The state is replicated (`P()`), the batch is sharded on the mesh axis `data` (`P('data')`), and each
 host contributes its own share of the global batch through `jax.make_array_from_process_local_data`
-(JAX docs, "Distributed data loading"; ANCHORS-training.md section 4).
+(JAX docs, "Distributed data loading").
 """
 
 from __future__ import annotations

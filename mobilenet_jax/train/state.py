@@ -93,8 +93,7 @@ def trace_state_init(config: ml_collections.ConfigDict, model, tx: optax.Gradien
   """The fresh state's initialisation under jit, traced once (replicated with `sharding`).
 
   `abstract_train_state` reads the shapes from it and `create_train_state` compiles and runs it,
-  so a job traces the network's init once, not twice (0.3-0.7 s per trace for the tests' small
-  networks on a 2-core CPU, JAX_LOG_COMPILES=1).
+  so a job traces the network's init once, not twice (each trace costs start-up time).
   """
   return trace_init(_init_fn(config, model, tx), jax.random.PRNGKey(config.seed),
                     out_shardings=sharding)
