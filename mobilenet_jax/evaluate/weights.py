@@ -23,6 +23,14 @@ class Weights:
   path: str = ""
 
 
+def _recipe(values: Any, where: str) -> EvalRecipe:
+  try:
+    return EvalRecipe.from_dict(values)
+  except ValueError as e:
+    raise ValueError(f"{where}: its recorded preprocessing is damaged ({e}); convert or export "
+                     "the weights again") from None
+
+
 def _from_checkpoint(directory: str) -> Weights:
   import jax
   import jax.numpy as jnp
@@ -35,7 +43,8 @@ def _from_checkpoint(directory: str) -> Weights:
   meta = read_model_file(directory)
   model = create_model(meta["model"], **meta["options"])
   if meta.get("preprocessing"):
-    recipe, how = EvalRecipe.from_dict(meta["preprocessing"]), "recorded in model.json"
+    recipe = _recipe(meta["preprocessing"], f"{directory}/model.json")
+    how = "recorded in model.json"
   elif meta["options"].get("padding", "same") == "same":
     recipe, how = tf_slim(224), "assumed: TF weights (padding 'same'), none recorded"
   else:
@@ -73,13 +82,16 @@ def _from_export(path: str, data: bytes, meta: dict[str, Any]) -> Weights:
   if meta.get("input") == "uint8":   # 0..255 pixels, normalised by the file: x = (p - mean) / std
     from mobilenet_jax.export.program import PIXEL_NORMALIZATIONS
 
+    if meta.get("normalization") not in PIXEL_NORMALIZATIONS:
+      raise ValueError(f"{path}: its mobilenet_jax metadata names no pixel normalisation for its "
+                       "uint8 input (damaged or edited); export the weights again")
     mean, std = (np.asarray(v, np.float64) for v in PIXEL_NORMALIZATIONS[meta["normalization"]])
     quantization = tensor.Quantization()
     spec = TfliteInput(graph.Inputs(0), shape, dtype, float(quantization.ScaleAsNumpy()[0]),
                        int(quantization.ZeroPointAsNumpy()[0]), (1 / std, -mean / std))
   resolution = shape[1]
   if meta.get("preprocessing"):
-    recipe, how = EvalRecipe.from_dict(meta["preprocessing"]), "recorded in the file"
+    recipe, how = _recipe(meta["preprocessing"], path), "recorded in the file"
   elif meta.get("padding", "same") == "same":
     recipe, how = tf_slim(resolution), "assumed: TF weights (padding 'same'), none recorded"
   else:

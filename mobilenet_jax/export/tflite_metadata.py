@@ -11,6 +11,7 @@ inside). `python -m mobilenet_jax.evaluate --runtime=litert` reads it to score t
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
@@ -45,15 +46,29 @@ def read_metadata(file: Union[str, bytes]) -> Optional[dict[str, Any]]:
     buf = file
   if len(buf) < 8 or buf[4:8] != b"TFL3":
     return None
-  model = tflite.Model.GetRootAs(buf, 0)
+  try:
+    raw = _entry(tflite.Model.GetRootAs(buf, 0), buf)
+  except (struct.error, IndexError, AttributeError, UnicodeDecodeError):
+    return None   # a truncated or damaged file: its reader (`read_tflite`) says so
+  if raw is None:
+    return None
+  try:
+    meta = json.loads(raw)
+  except ValueError:
+    meta = None
+  if not isinstance(meta, dict) or not isinstance(meta.get("description"), str):
+    raise ValueError(f"the {KEY} metadata of this .tflite file is damaged (not the JSON an export "
+                     "writes); export the weights again")
+  return meta
+
+
+def _entry(model: Any, buf: bytes) -> Optional[bytes]:
   for i in range(model.MetadataLength()):
     entry = model.Metadata(i)
     if entry.Name() is None or entry.Name().decode() != KEY:
       continue
     buffer = model.Buffers(entry.Buffer())
     if buffer.Offset() > 1:   # stored after the flatbuffer (files over 2 GB)
-      raw = buf[buffer.Offset():buffer.Offset() + buffer.Size()]
-    else:
-      raw = buffer.DataAsNumpy().tobytes()
-    return json.loads(raw)
+      return buf[buffer.Offset():buffer.Offset() + buffer.Size()]
+    return buffer.DataAsNumpy().tobytes()
   return None
