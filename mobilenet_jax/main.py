@@ -16,6 +16,7 @@ docs/multihost.md.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline) C++ logs
 
@@ -27,8 +28,16 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training config file, optionally "
-                                "with an argument: configs/<file>.py:width=0.75", lock_config=True)
+try:  # ml_collections applies the --config.KEY=VALUE overrides of sys.argv here
+  config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training config file, optionally "
+                                  "with an argument: configs/<file>.py:width=0.75",
+                                  lock_config=True)
+except AttributeError:  # an unknown KEY; ml_collections names only its last part
+  from mobilenet_jax.train.config import unknown_override
+
+  if unknown_override(sys.argv) is None:
+    raise
+  sys.exit(f"FATAL Flags parsing error: {unknown_override(sys.argv)}")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0's "
                     "coordinator (jax.distributed.initialize); None: found from the environment.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes of the job.")
