@@ -84,7 +84,6 @@ def _check_out(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-  _check_out(args)
   int8 = args.format == "tflite-int8"
   if int8 and not args.calibration:
     raise ValueError("--format=tflite-int8 needs --calibration=DIR, a folder of representative "
@@ -95,6 +94,7 @@ def _check(args: argparse.Namespace) -> None:
     raise ValueError("--layout applies to --format=onnx only (TFLite and StableHLO take NHWC)")
   if args.calibration and not os.path.isdir(args.calibration):
     raise FileNotFoundError(f"--calibration={args.calibration} is not a directory")
+  _check_out(args)
   if int8:
     _check_calibration_count(args)
 
