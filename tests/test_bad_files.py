@@ -122,9 +122,9 @@ def _torch_state_dict():
 
 @pytest.mark.parametrize("damage, message", [
     (lambda sd: sd["features.0.0.weight"].fill_(float("nan")),
-     "features.0.0.weight"), 
+     "params/stem/conv/kernel holds 432 NaN or infinite value(s)"),
     (lambda sd: sd.__setitem__("classifier.3.weight", sd["classifier.3.weight"].int()),
-     "not a float tensor"),
+     "classifier.3.weight is int32, not a float tensor"),
 ], ids=["nan", "int32"])
 def test_convert_refuses_non_finite_or_non_float_weights(damage, message, tmp_path, capsys):
   from safetensors.torch import save_file
@@ -134,7 +134,7 @@ def test_convert_refuses_non_finite_or_non_float_weights(damage, message, tmp_pa
   save_file(state, str(tmp_path / "w.safetensors"))
   assert convert_main(["--source=torchvision:mobilenet_v3_small",
                        f"--weights={tmp_path / 'w.safetensors'}", f"--out={tmp_path / 'out'}"]) == 1
-  one_error_line(capsys)
+  one_error_line(capsys, message)
   assert not (tmp_path / "out").exists()
 
 
