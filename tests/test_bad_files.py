@@ -203,7 +203,7 @@ def test_forged_export_metadata(tiny_tflite, checkpoint, tmp_path, capsys):
   one_error_line(capsys, "forged.tflite", "export the weights again")
   forged.write_bytes(add_metadata(tiny_tflite.read_bytes(), {"preprocessing": [1]}))
   assert evaluate.main([f"--weights={forged}", f"--images={checkpoint / 'photos'}"]) == 1
-  one_error_line(capsys, "metadata", "damaged")
+  one_error_line(capsys, "forged.tflite: the mobilenet_jax metadata", "damaged")
 
 
 @pytest.mark.parametrize("text, message", [

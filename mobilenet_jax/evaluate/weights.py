@@ -121,7 +121,10 @@ def load_weights(args: argparse.Namespace) -> Weights:
 
     with open(path, "rb") as f:
       data = f.read()
-    meta = read_metadata(data)
+    try:
+      meta = read_metadata(data)
+    except ValueError as e:   # a damaged or forged record
+      raise ValueError(f"{path}: {e}") from None
     if meta is not None:
       return _from_export(path, data, meta)
 
