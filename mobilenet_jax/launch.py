@@ -56,6 +56,16 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+  """Whether the coordinator can listen on `port` of 127.0.0.1 now."""
+  with socket.socket() as s:
+    try:
+      s.bind(("127.0.0.1", port))
+    except OSError:
+      return False
+  return True
+
+
 def process_env(devices_per_process: int, base: Optional[dict[str, str]] = None) -> dict[str, str]:
   """One process's environment: CPU only, K devices, gloo collectives between processes."""
   env = dict(os.environ if base is None else base)
@@ -145,6 +155,10 @@ def main(argv: list[str]) -> int:
   if not any(a.startswith("--workdir") for a in main_args):
     raise app.UsageError("pass main's flags after --, at least --workdir: python -m "
                          "mobilenet_jax.launch --processes=2 -- --workdir=runs/mh")
+  if FLAGS.port and not port_is_free(FLAGS.port):   # else JAX retries binding it for a minute
+    print(f"launch: error: port {FLAGS.port} of 127.0.0.1 is in use; pass another --port, or "
+          "none to use a free one", file=sys.stderr)
+    return 1
   port = FLAGS.port or free_port()
   print(f"launch: {FLAGS.processes} processes x {FLAGS.devices_per_process} CPU devices, "
         f"coordinator 127.0.0.1:{port}", file=sys.stderr, flush=True)

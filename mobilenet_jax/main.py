@@ -19,6 +19,7 @@ docs/multihost.md.
 from __future__ import annotations
 
 import os
+import sys
 
 from mobilenet_jax import extras
 
@@ -32,7 +33,14 @@ from mobilenet_jax.config_files import define_config_flag  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
-define_config_flag("config", default="default")
+try:  # ml_collections applies the --config.KEY=VALUE overrides of sys.argv here
+  define_config_flag("config", default="default")
+except AttributeError:  # an unknown KEY; ml_collections names only its last part
+  from mobilenet_jax.train.config import unknown_override
+
+  if unknown_override(sys.argv) is None:
+    raise
+  sys.exit(f"FATAL Flags parsing error: {unknown_override(sys.argv)}")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0's "
                     "coordinator (jax.distributed.initialize); None: found from the environment.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes of the job.")

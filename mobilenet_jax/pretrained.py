@@ -80,7 +80,14 @@ def read_model_file(directory: str) -> dict[str, Any]:
         f"{directory} is not a pretrained checkpoint (no {MODEL_FILE}); create one with "
         "`python -m mobilenet_jax.convert --source=... --weights=... --out=DIR`")
   with open(meta_path) as f:
-    meta = json.load(f)
+    try:
+      meta = json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{meta_path} is not valid JSON ({e}); convert the weights again") from None
+  if not (isinstance(meta, dict) and isinstance(meta.get("model"), str)
+          and isinstance(meta.get("options"), dict)):
+    raise ValueError(f"{meta_path} is not a {MODEL_FILE} of save_pretrained (a JSON object with "
+                     "'model' and 'options'); convert the weights again")
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} is not "
                      f"{FORMAT_VERSION}; convert the weights again with this version")

@@ -142,6 +142,29 @@ def test_stablehlo_mlir_text(tmp_path, v3_small):
   assert "stablehlo.convolution" in text and "tensor<1x64x64x3xf32>" in text
 
 
+def test_stablehlo_mlir_default_compiles_and_runs_in_iree(tmp_path, v3_small):
+  """`export --format=stablehlo --out=m.mlir` with its default batch: IREE (a client other than
+  XLA) compiles the file and computes JAX's logits."""
+  compiler = pytest.importorskip("iree.compiler", reason="pip install iree-base-compiler")
+  runtime = pytest.importorskip("iree.runtime", reason="pip install iree-base-runtime")
+  from mobilenet_jax.export.cli import main
+  from mobilenet_jax.pretrained import save_pretrained
+
+  model, variables = v3_small
+  checkpoint, out = tmp_path / "checkpoint", tmp_path / "m.mlir"
+  save_pretrained(str(checkpoint), "mobilenet_v3_small",
+                  {"width_multiplier": 0.35, "num_classes": 10}, variables)
+  assert main([f"--weights={checkpoint}", "--format=stablehlo", f"--out={out}",
+               f"--resolution={RESOLUTION}"]) == 0
+  vmfb = compiler.compile_file(str(out), target_backends=["llvm-cpu"],
+                               extra_args=["--iree-llvmcpu-target-cpu=generic"])
+  context = runtime.SystemContext(config=runtime.Config("local-task"))
+  context.add_vm_module(runtime.VmModule.copy_buffer(context.instance, vmfb))
+  x = images(1)
+  logits = np.asarray(context.modules.jit_function.main(x))
+  assert relative_error(logits, jax_logits(model, variables, x)) <= TOLERANCE
+
+
 def test_int8_is_full_integer_and_smaller(v2):
   model, variables = v2
   calibration = images(32, seed=3)
@@ -333,7 +356,8 @@ def test_exported_tflite_files_are_scored_by_evaluate(tmp_path, capsys, v2):
   int8_file = tmp_path / "int8.tflite"
   assert export_main([f"--weights={checkpoint}", "--format=tflite-int8", f"--out={int8_file}",
                       f"--resolution={RESOLUTION}", f"--calibration={folder}",
-                      "--input=uint8"]) == 0
+                      "--input=uint8", "--allow_few_calibration_images"]) == 0
+  assert "warning: int8 calibration on 12 image(s)" in capsys.readouterr().err
   meta = read_metadata(str(int8_file))
   assert meta.input == "uint8" and meta.normalization == "inception"
   assert relative_error(scored(int8_file), reference) < 0.2

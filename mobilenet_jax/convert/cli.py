@@ -61,6 +61,25 @@ def convert_file(args: argparse.Namespace):
                         include_top=include_top, classes=args.classes)
 
 
+def check_values(variables) -> None:
+  """Refuses weights a checkpoint must not hold: non-float tensors (an integer kernel is not a
+  MobileNet's) and NaN or infinite values (a diverged or damaged file), naming the first tensor;
+  as timm's and Keras' loaders refuse tensors that do not fit, before anything is written."""
+  import jax
+  import numpy as np
+
+  for path, value in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    value = np.asarray(value)
+    if not np.issubdtype(value.dtype, np.floating):
+      raise ValueError(f"{name} is {value.dtype}, not a float tensor; the weights file is not a "
+                       "float MobileNet checkpoint")
+    if not np.all(np.isfinite(value)):
+      bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+      raise ValueError(f"{name} holds {bad} NaN or infinite value(s); the weights file is "
+                       "damaged or from a diverged run, nothing was written")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs the command; returns the exit status (0 on success, 1 on an error it explains)."""
   args = _parser().parse_args(argv)
@@ -70,6 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   try:
     conversion = convert_file(args)
+    check_values(conversion.variables)
     save_pretrained(args.out, conversion.model_name, conversion.options, conversion.variables,
                     conversion.preprocessing)
   except (ConversionError, ValueError, FileNotFoundError, FileExistsError) as e:

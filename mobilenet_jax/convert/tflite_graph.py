@@ -9,6 +9,7 @@ quantization spec); int32 biases carry their own scale (input scale x weight sca
 from __future__ import annotations
 
 import dataclasses
+import struct
 from typing import Any, Optional
 
 import numpy as np
@@ -155,13 +156,22 @@ def _options(op, name: str) -> dict[str, Any]:
 def read_tflite(path: str) -> Graph:
   """Parses `path`; ValueError when it is not a TFLite model (or holds more than one subgraph)."""
   import tflite
-  from tflite.utils import BUILTIN_OPCODE2NAME
 
   with open(path, "rb") as f:
     buf = f.read()
   if len(buf) < 8 or buf[4:8] != b"TFL3":
     raise ValueError(f"{path} is not a TensorFlow Lite model (no 'TFL3' file identifier)")
-  model = tflite.Model.GetRootAs(buf, 0)
+  try:
+    return _parse(tflite.Model.GetRootAs(buf, 0), buf, path)
+  except (struct.error, IndexError, TypeError, UnicodeDecodeError) as e:
+    # flatbuffers reads offsets past the end of a cut file (struct.error, IndexError).
+    raise ValueError(f"{path} is truncated or damaged ({type(e).__name__} while reading it); "
+                     "download or export it again") from None
+
+
+def _parse(model: Any, buf: bytes, path: str) -> Graph:
+  from tflite.utils import BUILTIN_OPCODE2NAME
+
   if model.SubgraphsLength() != 1:
     raise ValueError(f"{path} has {model.SubgraphsLength()} subgraphs; a MobileNet classifier "
                      "has one")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
@@ -66,15 +67,29 @@ def read_metadata(file: Union[str, bytes]) -> Optional[ExportInfo]:
     buf = file
   if len(buf) < 8 or buf[4:8] != b"TFL3":
     return None
-  model = tflite.Model.GetRootAs(buf, 0)
+  try:
+    raw = _entry(tflite.Model.GetRootAs(buf, 0), buf)
+  except (struct.error, IndexError, AttributeError, UnicodeDecodeError):
+    return None   # a truncated or damaged file: its reader (`read_tflite`) says so
+  if raw is None:
+    return None
+  try:
+    info = ExportInfo.from_json(raw)
+  except (ValueError, TypeError, AttributeError):
+    info = None
+  if info is None or not isinstance(info.description, str):
+    raise ValueError(f"the {KEY} metadata of this .tflite file is damaged (not the JSON an export "
+                     "writes); export the weights again")
+  return info
+
+
+def _entry(model: Any, buf: bytes) -> Optional[bytes]:
   for i in range(model.MetadataLength()):
     entry = model.Metadata(i)
     if entry.Name() is None or entry.Name().decode() != KEY:
       continue
     buffer = model.Buffers(entry.Buffer())
     if buffer.Offset() > 1:   # stored after the flatbuffer (files over 2 GB)
-      raw = buf[buffer.Offset():buffer.Offset() + buffer.Size()]
-    else:
-      raw = buffer.DataAsNumpy().tobytes()
-    return ExportInfo.from_json(raw)
+      return buf[buffer.Offset():buffer.Offset() + buffer.Size()]
+    return buffer.DataAsNumpy().tobytes()
   return None

@@ -12,12 +12,14 @@ sub-folder, whichever holds `train/`.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 
 from mobilenet_jax.user_cache import user_cache_dir
 
@@ -44,12 +46,16 @@ def extracted_folder(archive: str, cache_dir: str | None = None) -> str:
   os.makedirs(os.path.dirname(target), exist_ok=True)
   scratch = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.dirname(target))
   try:
-    if name.lower().endswith(".zip"):
-      with zipfile.ZipFile(archive) as zipped:
-        zipped.extractall(scratch)
-    else:
-      with tarfile.open(archive) as tar:
-        tar.extractall(scratch, filter="data")  # no absolute paths, links out or device files
+    try:
+      if name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zipped:
+          zipped.extractall(scratch)
+      else:
+        with tarfile.open(archive) as tar:
+          tar.extractall(scratch, filter="data")  # no absolute paths, links out or device files
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile, zlib.error) as e:
+      raise ValueError(f"dataset archive {archive} cannot be extracted ({type(e).__name__}: {e}); "
+                       "it may be truncated or not an archive: make it again") from None
     try:
       os.rename(scratch, target)
     except OSError:  # another process finished first: use its copy

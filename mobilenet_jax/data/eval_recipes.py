@@ -52,7 +52,14 @@ class EvalRecipe:
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "EvalRecipe":
-    return cls(**values)
+    """The recipe `to_dict` wrote; ValueError for anything else (a file's record may be damaged)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(values, Mapping) or not set(values) <= fields:
+      raise ValueError(f"an eval recipe is a dict of {sorted(fields)}, got {values!r}")
+    try:
+      return cls(**values)
+    except TypeError as e:
+      raise ValueError(f"bad eval recipe {dict(values)}: {e}") from None
 
   def describe(self) -> str:
     if self.style == "central_crop":

@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--labels", help="class names, one a line (a 1001-line file whose first "
                                        "line is the background class fits 1000-class models)")
   parser.add_argument("--print_predictions", action="store_true",
-                      help="print every image's top-5 classes")
+                      help="print every image's top-5 classes (always done when no image is "
+                           "labelled)")
   parser.add_argument("--agree_with", help="JSON of an earlier run (e.g. --runtime=litert): "
                                            "report how often the top-1 classes agree")
   return parser
@@ -150,8 +151,12 @@ def predict(weights: Loaded, paths: Sequence[str], runtime: str = "jax", batch_s
 
 
 def _class_names(path: Optional[str], num_classes: int) -> Optional[list[str]]:
+  """--labels' names; else ImageNet's own for a 1000-class (or 1001, background kept) model."""
   if not path:
-    return None
+    from mobilenet_jax.evaluate.images import imagenet_class_names
+
+    names = imagenet_class_names()
+    return {1000: names, 1001: ["background"] + names}.get(num_classes)
   with open(path) as f:
     names = [line.strip() for line in f if line.strip()]
   if len(names) == num_classes + 1:   # the TF-slim list: line 0 is the background class
@@ -159,6 +164,17 @@ def _class_names(path: Optional[str], num_classes: int) -> Optional[list[str]]:
   if len(names) != num_classes:
     raise ValueError(f"--labels={path} has {len(names)} names; the model has {num_classes} classes")
   return names
+
+
+def _check_json_folder(path: Optional[str]) -> None:
+  """--json is written at the end: its folder must exist before the evaluation starts."""
+  if path is None:
+    return
+  if os.path.isdir(path):
+    raise ValueError(f"--json={path} is a directory; give the file to write")
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"--json={path}: the folder {folder} does not exist; create it first")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -170,6 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from mobilenet_jax.weights.arguments import load_from_arguments
 
   try:
+    _check_json_folder(args.json)
     paths, labels = list_images(args.images)
     weights = load_from_arguments(args)
     args.activations = resolve_activations(weights, args.activations)
@@ -194,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 runtime=args.runtime,
                 activations=args.activations if args.runtime == "jax" else None,
                 preprocessing=weights.recipe.to_dict(), seconds=seconds)
-  if args.print_predictions:
+  if args.print_predictions or not result["num_labelled"]:
     for image in result["images"]:
       top = [names[c] if names else str(c) for c in image["top5"]]
       print(f"{image['path']}: {' | '.join(top)}")

@@ -35,6 +35,16 @@ def imagenet_wordnet_ids() -> dict[str, int]:
   return {line.strip(): i for i, line in enumerate(path.read_text().split()) if line.strip()}
 
 
+@functools.lru_cache(maxsize=1)
+def imagenet_class_names() -> list[str]:
+  """ImageNet-1k's 1000 class names in sorted-synset order ('tench, Tinca tinca', ...): package
+  data, the TF-slim label list without its background line."""
+  from importlib import resources
+
+  text = resources.files("mobilenet_jax.data").joinpath("imagenet_class_names.txt").read_text()
+  return text.splitlines()
+
+
 def _folder_label(name: str, class_folders: Sequence[str]) -> int:
   if name.isdigit():
     return int(name)

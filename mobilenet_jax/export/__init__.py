@@ -5,6 +5,7 @@
     export.to_tflite_int8(model, variables, "m_int8.tflite", calibration=images)  # full integer
     export.to_onnx(model, variables, "m.onnx")                                   # NCHW input
     export.to_stablehlo(model, variables, "m.stablehlo")                         # jax.export
+    export.to_stablehlo(model, variables, "m.mlir")                              # IREE, XLA
 
     python -m mobilenet_jax.export --weights=DIR --format=tflite-int8 --calibration=IMAGES --out=F
 
@@ -34,10 +35,30 @@ Calibration = Union[np.ndarray, Callable[[], Iterable[np.ndarray]]]
 
 
 def _write(data: bytes, out: Optional[str]) -> bytes:
+  """Writes `data` to `out` atomically: a temporary file beside it, renamed over it once complete
+  (as Orbax commits a checkpoint), so a failure never leaves a half-written file."""
   if out is not None:
-    with open(out, "wb") as f:
-      f.write(data)
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(out))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=folder)
+    try:
+      with os.fdopen(fd, "wb") as f:
+        f.write(data)
+      os.chmod(tmp, 0o666 & ~_umask())
+      os.replace(tmp, out)
+    except BaseException:
+      os.unlink(tmp)
+      raise
   return data
+
+
+def _umask() -> int:
+  import os
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def _require(module: str, what: str) -> None:
@@ -118,12 +139,15 @@ def to_onnx(model: Any, variables: Mapping[str, Any], out: Optional[str] = None,
 
 
 def to_stablehlo(model: Any, variables: Mapping[str, Any], out: Optional[str] = None, *,
-                 resolution: int = 224, batch: Batch = DYNAMIC) -> bytes:
+                 resolution: int = 224, batch: Optional[Batch] = None) -> bytes:
   """`jax.export` of the folded network, weights inside: a serialized `jax.export.Exported`
-  (`jax.export.deserialize(data).call(images)`), or StableHLO MLIR text when `out` ends in
-  ".mlir" (for IREE or an XLA server)."""
+  (`jax.export.deserialize(data).call(images)`; batch "dynamic" by default), or StableHLO MLIR
+  text when `out` ends in ".mlir" (for IREE or an XLA server; batch 1 by default: IREE cannot
+  compile the grouped convolutions of a dynamic batch, XLA takes either)."""
   from mobilenet_jax.export.stablehlo_export import program_to_stablehlo
   text = out is not None and out.endswith(".mlir")
+  if batch is None:
+    batch = 1 if text else DYNAMIC
   return _write(program_to_stablehlo(deployment_program(model, variables, resolution, batch),
                                      text), out)
 

@@ -5,6 +5,7 @@
         --input=uint8 --out=m_int8.tflite
     python -m mobilenet_jax.export --weights=DIR --format=onnx --batch=dynamic --out=m.onnx
     python -m mobilenet_jax.export --weights=DIR --format=stablehlo --out=m.stablehlo
+    python -m mobilenet_jax.export --weights=DIR --format=stablehlo --out=m.mlir   # IREE, XLA
 
 --weights is a checkpoint directory (`python -m mobilenet_jax.convert`, training's output) or a
 weight file of a converter source (a `.tflite` file, or --source=keras:NAME/torchvision:NAME/...).
@@ -24,6 +25,9 @@ import numpy as np
 from mobilenet_jax.export import FORMATS
 
 CALIBRATION_BATCH = 16
+# TFLite's post-training quantization guide: the representative dataset is "a small subset (around
+# ~100-500 samples) of the training or validation data"; fewer is refused unless asked for.
+MIN_CALIBRATION_IMAGES = 100
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,9 +42,14 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--keep_background", action="store_true",
                       help="keep class 0 of a 1001-way (TF-slim) classifier")
   parser.add_argument("--format", required=True, choices=FORMATS)
-  parser.add_argument("--out", required=True, help="file to write")
+  parser.add_argument("--out", required=True,
+                      help="file to write (refused if it exists, unless --overwrite)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace an existing --out file (never the --weights file itself)")
   parser.add_argument("--batch", default=None,
-                      help="N or 'dynamic' (default: 1 for TFLite, dynamic for ONNX and StableHLO)")
+                      help="N or 'dynamic' (default: 1 for TFLite and StableHLO .mlir text, "
+                           "which IREE compiles only with a fixed batch; dynamic for ONNX and "
+                           "serialized StableHLO)")
   parser.add_argument("--resolution", type=int, default=None,
                       help="input size (default: the weights' eval resolution)")
   parser.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw",
@@ -49,9 +58,29 @@ def _parser() -> argparse.ArgumentParser:
                       help="tflite-int8: a folder of representative images")
   parser.add_argument("--calibration_images", type=int, default=200,
                       help="tflite-int8: at most this many calibration images")
+  parser.add_argument("--allow_few_calibration_images", action="store_true",
+                      help=f"tflite-int8: calibrate on fewer than {MIN_CALIBRATION_IMAGES} images "
+                           "(a warning instead of an error; int8 accuracy suffers)")
   parser.add_argument("--input", choices=("float32", "uint8"), default="float32",
                       help="tflite-int8 input: normalised float32 images, or uint8 pixels 0..255")
   return parser
+
+
+def _check_out(args: argparse.Namespace) -> None:
+  """--out must be a new file in an existing folder (an existing one with --overwrite, as `cp`
+  and `pip download` refuse to clobber by default), and never the --weights it is read from."""
+  out = args.out
+  if os.path.isdir(out):
+    raise ValueError(f"--out={out} is a directory; give the file to write, e.g. "
+                     f"{os.path.join(out, 'model.' + args.format.split('-')[0])}")
+  if os.path.exists(out) and os.path.realpath(out) == os.path.realpath(args.weights):
+    raise ValueError(f"--out={out} is the --weights file; write the export to another file")
+  if os.path.exists(out) and not args.overwrite:
+    raise FileExistsError(f"--out={out} already exists; choose another file, or pass --overwrite "
+                          "to replace it")
+  folder = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"--out={out}: the folder {folder} does not exist")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -65,6 +94,27 @@ def _check(args: argparse.Namespace) -> None:
     raise ValueError("--layout applies to --format=onnx only (TFLite and StableHLO take NHWC)")
   if args.calibration and not os.path.isdir(args.calibration):
     raise FileNotFoundError(f"--calibration={args.calibration} is not a directory")
+  _check_out(args)
+  if int8:
+    _check_calibration_count(args)
+
+
+def _check_calibration_count(args: argparse.Namespace) -> None:
+  """At least MIN_CALIBRATION_IMAGES images (TFLite's guide asks for ~100-500): one image gives
+  ranges that clip most activations. --allow_few_calibration_images makes the error a warning."""
+  from mobilenet_jax.evaluate.images import list_images
+
+  found = len(list_images(args.calibration)[0])
+  count = min(found, args.calibration_images)
+  if count >= MIN_CALIBRATION_IMAGES:
+    return
+  message = (f"int8 calibration on {count} image(s) (--calibration={args.calibration} holds "
+             f"{found}, --calibration_images={args.calibration_images}); TFLite's quantization "
+             f"guide asks for 100-500 representative images")
+  if not args.allow_few_calibration_images:
+    raise ValueError(f"{message}: add images, or pass --allow_few_calibration_images to accept "
+                     "a less accurate file")
+  print(f"warning: {message}; int8 accuracy will suffer", file=sys.stderr)
 
 
 def calibration_batches(directory: str, recipe, pixels: bool, limit: int
@@ -112,7 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parser().parse_args(argv)
   try:
     print(run(args))
-  except (ValueError, FileNotFoundError, ImportError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -1,4 +1,9 @@
-"""StableHLO export with `jax.export`: the folded network, weights inside, for XLA or IREE serving."""
+"""StableHLO export with `jax.export`: the folded network, weights inside, for XLA or IREE serving.
+
+IREE compiles the MLIR text of a fixed batch only (its StableHLO lowering refuses grouped
+convolutions, MobileNet's depthwise layers, of a dynamic batch): `to_stablehlo` writes batch 1 to
+".mlir" files unless asked otherwise.
+"""
 
 from __future__ import annotations
 

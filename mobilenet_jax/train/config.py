@@ -110,6 +110,28 @@ def _flat_keys(config: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _unknown_key(key: str, known: Any) -> str:
+  """The error naming the closest known key: the same field in another group first
+  (optimizer.learning_rate -> schedule.learning_rate), else the closest spelling."""
+  leaf = key.rsplit(".", 1)[-1]
+  same_field = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
+  close = same_field[:1] or difflib.get_close_matches(key, known, n=1)
+  hint = f"; did you mean {close[0]!r}?" if close else ""
+  return f"unknown config key {key!r}{hint} (all keys: mobilenet_jax.train.base_config())"
+
+
+def unknown_override(argv: list[str]) -> str | None:
+  """The error for the first `--config.KEY=VALUE` flag whose KEY is not a config field (naming the
+  closest one), or None; ml_collections' flag parser itself only raises AttributeError."""
+  known = _flat_keys(base_config())
+  for arg in argv:
+    if arg.startswith("--config."):
+      key = arg[len("--config."):].split("=", 1)[0]
+      if key not in known and not key.startswith("model."):
+        return _unknown_key(key, known)
+  return None
+
+
 def complete_config(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
   """`base_config()` updated with `config`; an unknown key is an error naming the closest one.
 
@@ -120,10 +142,7 @@ def complete_config(config: ml_collections.ConfigDict | dict) -> ml_collections.
   given = _flat_keys(config)
   for key in given:
     if key not in known and not key.startswith("model."):
-      close = difflib.get_close_matches(key, known, n=1)
-      hint = f"; did you mean {close[0]!r}?" if close else ""
-      raise ValueError(f"unknown config key {key!r}{hint} (all keys: mobilenet_jax.train."
-                       "base_config())")
+      raise ValueError(_unknown_key(key, known))
   merged = base.to_dict()
   for key, value in given.items():
     node = merged

@@ -43,6 +43,9 @@ def read_exported(data: bytes, info: ExportInfo) -> tuple[ExportedTflite, Any, s
   shape = tuple(int(d) for d in tensor.ShapeAsNumpy())
   spec = TfliteInput(graph.Inputs(0), shape, dtype, None, None, (1.0, 0.0))
   if info.input == "uint8":   # 0..255 pixels, normalised by the file: x = (p - mean) / std
+    if info.normalization not in PIXEL_NORMALIZATIONS:
+      raise ValueError("its mobilenet_jax metadata names no pixel normalisation for its uint8 input "
+                       "(damaged or edited); export the weights again")
     mean, std = (np.asarray(v, np.float64) for v in PIXEL_NORMALIZATIONS[info.normalization])
     quantization = tensor.Quantization()
     spec = TfliteInput(graph.Inputs(0), shape, dtype, float(quantization.ScaleAsNumpy()[0]),

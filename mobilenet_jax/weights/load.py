@@ -83,7 +83,10 @@ def _from_tflite(path: str, keep_background: bool) -> Loaded:
 
   with open(path, "rb") as f:
     data = f.read()
-  info = read_metadata(data)
+  try:
+    info = read_metadata(data)
+  except ValueError as e:   # a damaged or forged record
+    raise ValueError(f"{path}: {e}") from None
   if info is not None:
     from mobilenet_jax.weights.exported import read_exported
 

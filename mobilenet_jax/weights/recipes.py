@@ -12,7 +12,11 @@ def recorded_or_assumed(preprocessing: Optional[Mapping[str, Any]], padding: str
   """(recipe, where it comes from): `preprocessing` (an `EvalRecipe.to_dict()`) when recorded,
   else TF-slim's for TF weights (padding "same") or torchvision's for PyTorch weights."""
   if preprocessing:
-    return EvalRecipe.from_dict(preprocessing), f"recorded in {where}"
+    try:
+      return EvalRecipe.from_dict(preprocessing), f"recorded in {where}"
+    except ValueError as e:
+      raise ValueError(f"{where}: its recorded preprocessing is damaged ({e}); convert or export "
+                       "the weights again") from None
   if padding == "same":
     return tf_slim(resolution), "assumed: TF weights (padding 'same'), none recorded"
   return (torchvision(resolution),
