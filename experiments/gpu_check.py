@@ -1,7 +1,7 @@
 """One run on a GPU: the model tests, JAX against PyTorch, the depthwise convolution, a profile.
 
     experiments/gpu_check.sh OUT_DIR                       # on the GPU machine, ~8 minutes
-    python experiments/gpu_check.py OUT_DIR --tiny         # rehearsal on a CPU: tiny sizes, ~2 minutes
+    python experiments/gpu_check.py OUT_DIR --tiny         # rehearsal on a CPU: tiny sizes
 
 Writes OUT_DIR/gpu_check.log (everything printed, the tests' output included) and OUT_DIR/gpu_check.json
 (the environment, every figure and every error; rewritten after each measurement, so a run cut short
@@ -17,12 +17,13 @@ keeps what it had). Four parts, each with its own time budget, and one failure l
              copy bandwidth (a large array copy, timed), against which each JAX step's bytes moved (the
              compiled program's `cost_analysis()['bytes accessed']`) give the fraction of the memory
              roofline.
+  profile    a `jax.profiler` trace of V2's training step (the bench's program), summarised as the
+             top operations by device time (read with `jax.profiler.ProfileData`), and the optimised
+             program's op counts.
   depthwise  forward and backward of V2's depthwise layers (their shapes at the run's batch and size),
              XLA's grouped convolution (`feature_group_count=C`) against k*k shifted multiply-adds
              (differentiated by JAX) and the project's own shifted formulation where one is importable;
              float32 and bfloat16.
-  profile    a `jax.profiler` trace of V2's training step, summarised as the top operations by device
-             time (read with `jax.profiler.ProfileData`), and the optimised program's op counts.
 
 Only the public API is used (`mj.create_model`, `mj.init_variables`, `mj.inference_function`,
 `mj.layer_costs`), with the model's default computation (XLA's own ops on a GPU); no TensorFlow,
@@ -55,7 +56,7 @@ import xml.etree.ElementTree as ElementTree
 from typing import Any, Callable, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = ("tests", "bench", "depthwise", "profile")
+STEPS = ("tests", "bench", "profile", "depthwise")  # the profile reuses the bench's V2 program
 # The model-level tests, most important first. A file whose module-level imports fail in this
 # environment is left out (and named in the JSON); a file that is missing is skipped likewise.
 TEST_FILES = ("test_models.py", "test_convert.py", "test_fold.py", "test_inference.py",
@@ -333,6 +334,8 @@ def run_tests(sizes: Sizes, args: argparse.Namespace, deadline: Deadline, record
   record["summary"] = summary_counts("".join(output))
   if os.path.exists(junit):
     record.update(junit_counts(junit))
+    if record.get("timed_out") and record["summary"]:  # the interrupted test is no pass
+      record["counts"] = record["summary"]
   log(f"tests: {record.get('counts') or record['summary']} in {record['seconds']} s "
       f"(returncode {child.returncode})")
 
