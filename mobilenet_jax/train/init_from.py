@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from mobilenet_jax import pretrained
 from mobilenet_jax.train.checkpointing import first_mismatch
 from mobilenet_jax.weights import read_checkpoint
 
