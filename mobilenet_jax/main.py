@@ -16,11 +16,10 @@ docs/multihost.md.
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline) C++ logs
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "default.py")
@@ -56,10 +55,15 @@ def main(argv: list[str]) -> None:
   except ImportError:
     pass
   from mobilenet_jax.train import sharding, train_and_evaluate  # after flag parsing: fast --help
+  from mobilenet_jax.train.resumption import ConfigChangedError
+  from mobilenet_jax.train.workdir_lock import WorkdirBusyError
 
   if any(v is not None for v in peers) or sharding.distributed_requested(FLAGS.config.distributed):
     sharding.initialize_distributed(*peers, heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (WorkdirBusyError, ConfigChangedError) as e:  # the workdir holds another run: one line
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
