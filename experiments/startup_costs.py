@@ -10,7 +10,7 @@ step, and what the test suite's and the training job's start-up choices save.
   cache on), for V2 and V3-Large: cold (an empty compilation cache) and warm (a second process).
 - readme_snippet: the README's first Python snippet (the model zoo's), run whole in a fresh process
   with the project's default compilation cache pointed at an empty folder (cold) and again (warm).
-- main_job: the main job's first step (`first step (compilation included) took ...` in its log),
+- main_job: the main job's first step (`first step done ...s after its compilation began` in its log),
   and what of it its train step took to compile or load from the cache, on a first start (empty
   compilation cache) and on a second start (another workdir, same cache).
 - init: `model.init` of V3-Large at 224 under `jax.jit`, and `mj.init_variables` (the same program
@@ -100,8 +100,8 @@ def _main_job_first_step(cache: str) -> tuple[float, float]:
          "--config.num_train_steps=2", "--config.eval_every_steps=0", "--config.progress_bar=off",
          f"--config.compilation_cache={cache}"],
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, check=True)
-  match = re.search(r"first step \(compilation included\) took ([0-9.]+)s.* compilation cache\) "
-                    r"in ([0-9.]+)s", out.stdout + out.stderr)
+  match = re.search(r"first step done ([0-9.]+)s after its compilation began.* compilation "
+                    r"cache\) in ([0-9.]+)s", out.stdout + out.stderr)
   if not match:
     raise RuntimeError("the main job printed no first-step time:\n" + out.stdout + out.stderr)
   return float(match.group(1)), float(match.group(2))

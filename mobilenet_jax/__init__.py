@@ -10,6 +10,15 @@ This package namespace imports only jax and flax; training (`mobilenet_jax.train
 `mobilenet_jax.convert`) are imported on demand.
 """
 
+import os
+
+# TensorFlow (the input pipeline, image reading, TFLite export) prints INFO lines at import: level
+# 2 hides them (and warnings) and keeps errors. Its oneDNN notice (twice) ignores the
+# level and goes only with oneDNN, which speeds up TF's matmuls and convolutions: this package
+# runs none in TF. A value the user set wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 from mobilenet_jax.models import (ConvNormAct, DepthwiseSeparable, InvertedResidual, LayerSpec,
                                   MobileNet, MobileNetV1, MobileNetV2, MobileNetV3, NetworkSpec,
                                   SqueezeExcite, create_model, fold_batch_norm, inference_function,

@@ -10,16 +10,25 @@ each host's share of the data, Orbax's multi-process checkpoints, preemption, a 
 real, without a pod. On a pod, Slurm or MPI run `mobilenet_jax.main` itself on every host
 (docs/multihost.md).
 
-Process 0's output is this command's; the other processes' lines are prefixed `[process i]`.
-SIGTERM or Ctrl-C to this command sends SIGTERM to every process: all save the same step and exit 0
-(a second Ctrl-C kills them). When a process fails, the others stop on their own once JAX's
-coordination service misses its heartbeats (`--heartbeat_timeout_s`); this command waits that long
-plus a margin, kills what is left, and exits non-zero.
+Process 0's output is this command's; the other processes' lines are prefixed `[process i]`
+(gloo's "[Gloo] Rank i is connected to ..." lines are left out).
+SIGTERM, SIGHUP (a closed terminal) or Ctrl-C to this command sends SIGTERM to every process: all
+save the same step and exit 0 (a second Ctrl-C kills them). When this command dies without a word
+(SIGKILL), the kernel kills its processes (`PR_SET_PDEATHSIG`, as `torch.multiprocessing.spawn` ties its
+workers to their parent): no orphan trains on and holds the workdir. When a process fails,
+the others stop on their own once JAX's coordination service misses its heartbeats
+(`--heartbeat_timeout_s`); this command waits that long plus a margin, kills what is left, and
+exits non-zero.
+
+The coordinator listens on 127.0.0.1 only (JAX's default binds every interface): the processes of
+a local launch talk to each other only.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -81,6 +90,23 @@ def process_command(main_args: Sequence[str], process_id: int, processes: int, p
           f"--heartbeat_timeout_s={heartbeat_timeout_s}", *main_args]
 
 
+# Lines that gloo prints when its processes connect (one per process and communicator).
+GLOO_CONNECTED = re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+  """A `preexec_fn`: the child gets SIGKILL when the process that started it ends (Linux)."""
+  def preexec() -> None:
+    try:
+      ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the launcher's signal forwarding only
+      return
+    if os.getppid() != parent_pid:  # the parent died before prctl: nobody would kill this one
+      os._exit(1)
+  return preexec
+
+
 def start(main_args: Sequence[str], *, processes: int, devices_per_process: int,
           port: int = 0, heartbeat_timeout_s: int = 30, main_module: str = "mobilenet_jax.main",
           env: Optional[dict[str, str]] = None,
@@ -96,7 +122,7 @@ def start(main_args: Sequence[str], *, processes: int, devices_per_process: int,
       procs.append(subprocess.Popen(
           process_command(main_args, i, processes, port, heartbeat_timeout_s, main_module),
           env=env, cwd=cwd, stdout=output(i), stderr=subprocess.STDOUT if output(i) else None,
-          text=True, start_new_session=True))
+          text=True, start_new_session=True, preexec_fn=_die_with_parent(os.getpid())))
   except BaseException:
     kill(procs)
     raise
@@ -144,10 +170,11 @@ def wait(procs: Sequence[subprocess.Popen], stop_after_failure_s: float,
   return [codes[i] for i in range(len(procs))], first_failed
 
 
-def _prefix_lines(stream: IO, prefix: str) -> None:
+def _prefix_lines(stream: IO, prefix: str, out: IO) -> None:
   for line in stream:
-    sys.stderr.write(prefix + line)
-    sys.stderr.flush()
+    if not GLOO_CONNECTED.match(line):
+      out.write(prefix + line)
+      out.flush()
 
 
 def main(argv: list[str]) -> int:
@@ -164,9 +191,10 @@ def main(argv: list[str]) -> int:
         f"coordinator 127.0.0.1:{port}", file=sys.stderr, flush=True)
   procs = start(main_args, processes=FLAGS.processes, devices_per_process=FLAGS.devices_per_process,
                 port=port, heartbeat_timeout_s=FLAGS.heartbeat_timeout_s,
-                main_module=FLAGS.main_module, output=lambda i: subprocess.PIPE if i else None)
-  for i, p in enumerate(procs[1:], 1):
-    threading.Thread(target=_prefix_lines, args=(p.stdout, f"[process {i}] "), daemon=True).start()
+                main_module=FLAGS.main_module, output=lambda i: subprocess.PIPE)
+  for i, p in enumerate(procs):
+    threading.Thread(target=_prefix_lines, daemon=True, args=(
+        p.stdout, f"[process {i}] " if i else "", sys.stderr if i else sys.stdout)).start()
   interrupts = []
 
   def forward(signum, frame):
@@ -176,8 +204,8 @@ def main(argv: list[str]) -> int:
     kill(procs, signal.SIGKILL if len(interrupts) > 1 and signum == signal.SIGINT
          else signal.SIGTERM)
 
-  signal.signal(signal.SIGTERM, forward)
-  signal.signal(signal.SIGINT, forward)
+  for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(signum, forward)
   try:
     codes, first_failed = wait(procs, FLAGS.heartbeat_timeout_s + STOP_MARGIN_S)
   finally:

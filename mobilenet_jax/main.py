@@ -23,7 +23,6 @@ import sys
 
 from mobilenet_jax import extras
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (input pipeline) C++ logs
 if __name__ == "__main__":
   extras.require("python -m mobilenet_jax.main", "train")
 
@@ -68,10 +67,15 @@ def main(argv: list[str]) -> None:
   except ImportError:
     pass
   from mobilenet_jax.train import sharding, train_and_evaluate  # after flag parsing: fast --help
+  from mobilenet_jax.train.resumption import ConfigChangedError
+  from mobilenet_jax.train.workdir_lock import WorkdirBusyError
 
   if any(v is not None for v in peers) or sharding.distributed_requested(FLAGS.config.distributed):
     sharding.initialize_distributed(*peers, heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (WorkdirBusyError, ConfigChangedError) as e:  # the workdir holds another run: one line
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mobilenet_jax.data import eval_recipes
-from mobilenet_jax.evaluate.images import list_images
+from mobilenet_jax.evaluate.images import list_images, prepared_batches
 
 
 def write_image(path, size=(40, 30), value=128):
@@ -50,11 +50,15 @@ def test_tf_slim_recipe_keeps_the_central_part_of_each_side():
   np.testing.assert_allclose(out, 1.0)
 
 
-def test_resize_crop_recipe_resizes_the_shorter_side_then_crops():
+@pytest.mark.parametrize("recipe", [eval_recipes.torchvision(resolution=32, resize_size=40),
+                                    eval_recipes.timm("mobilenetv3_large_100", 32, 0.8)],
+                         ids=["torchvision", "timm"])
+def test_resize_crop_recipe_resizes_the_shorter_side_then_crops(recipe, tmp_path):
+  """Through the evaluate command's image reader (the recipe runs inside a tf.function there)."""
   image = np.zeros((100, 200, 3), np.uint8)
   image[:, 75:125] = 255   # a central white band 1/4 of the width
-  recipe = eval_recipes.torchvision(resolution=32, resize_size=40)
-  out = np.asarray(eval_recipes.prepare(image, recipe))
+  Image.fromarray(image).save(tmp_path / "band.png")
+  (out,) = next(prepared_batches([str(tmp_path / "band.png")], recipe, batch_size=1))
   assert out.shape == (32, 32, 3)
   # 100x200 -> 40x80; the 32 central columns of 80 hold the 20-column band in their middle.
   white = (out[..., 0] > 0).all(0)

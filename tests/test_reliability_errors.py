@@ -46,6 +46,13 @@ BAD_CONFIGS = [
     ({"resolution": 16}, r"resolution must be >= 32.*got 16"),
     ({"model.name": "mobilenet_v2", "model.expansion": 0.5},
      r"model.expansion must be >= 1.*got 0.5"),
+    ({"schedule.learning_rate": float("nan")}, r"schedule.learning_rate must be a finite "
+     r"number >= 0.0, got nan"),
+    ({"schedule.learning_rate": float("inf")}, r"schedule.learning_rate .* got inf"),
+    ({"schedule.learning_rate": -0.1}, r"schedule.learning_rate .* got -0.1"),
+    ({"optimizer.momentum": 1.5}, r"optimizer.momentum must be a finite number \[0.0, 1.0\), "
+     r"got 1.5"),
+    ({"optimizer.eps": 0.0}, r"optimizer.eps must be a finite number > 0.0, got 0.0"),
     ({"dataset.name": "no_such_dataset_xyz"}, r"Unknown dataset .*'no_such_dataset_xyz'"),
 ]
 NOT_READY = ({"dataset.name": "folder", "dataset.data_dir": "/no/such/folder"},

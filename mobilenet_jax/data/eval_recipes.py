@@ -104,6 +104,7 @@ def prepare(image, recipe: EvalRecipe):
     shape = tf.cast(tf.shape(image)[:2], tf.float64)
     scale = recipe.resize_size / tf.reduce_min(shape)
     # torchvision/timm: the shorter side becomes resize_size, the longer int(long * size / short).
+    # (float64 both: inside a tf.function a Python float becomes a float32 constant)
     size = tf.where(shape == tf.reduce_min(shape), tf.constant(recipe.resize_size, tf.float64),
                     tf.floor(shape * scale))
     image = tf.image.resize(image, tf.cast(size, tf.int32), method=recipe.interpolation,

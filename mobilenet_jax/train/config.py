@@ -7,6 +7,7 @@ refuses keys that are not here (a typo must not silently train with a default).
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 import ml_collections
@@ -190,6 +191,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
     raise ValueError(f"schedule.name must be one of {optim.SCHEDULES}, got {config.schedule.name!r}")
   if config.optimizer.weight_decay_on not in optim.WEIGHT_DECAY_TARGETS:
     raise ValueError(f"optimizer.weight_decay_on must be one of {optim.WEIGHT_DECAY_TARGETS}")
+  _validate_optimizer_numbers(config)
   if not 0 <= config.ema_decay < 1:
     raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
   if not 0 <= config.label_smoothing < 1:
@@ -200,3 +202,39 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
     raise ValueError(f"log_every_steps must be > 0, got {config.log_every_steps}")
   if config.progress_bar not in ("auto", "on", "off"):
     raise ValueError(f"progress_bar must be auto, on or off, got {config.progress_bar!r}")
+
+
+# (field, lowest, highest, whether the lowest is allowed); highest None: no upper bound.
+_OPTIMIZER_RANGES = (
+    ("schedule.learning_rate", 0.0, None, True),
+    ("schedule.base_batch_size", 0, None, True),
+    ("schedule.warmup_epochs", 0.0, None, True),
+    ("schedule.decay_rate", 0.0, None, False),
+    ("schedule.decay_epochs", 0.0, None, False),
+    ("schedule.end_lr_factor", 0.0, None, True),
+    ("optimizer.momentum", 0.0, 1.0, True),
+    ("optimizer.rmsprop_decay", 0.0, 1.0, True),
+    ("optimizer.rmsprop_initial_scale", 0.0, None, True),
+    ("optimizer.eps", 0.0, None, False),
+    ("optimizer.b1", 0.0, 1.0, True),
+    ("optimizer.b2", 0.0, 1.0, True),
+    ("optimizer.weight_decay", 0.0, None, True),
+    ("optimizer.grad_clip_norm", 0.0, None, True),
+)
+
+
+def _validate_optimizer_numbers(config: ml_collections.ConfigDict) -> None:
+  """A NaN, infinite or out-of-range optimizer or schedule number is an error before compiling
+  (else the first step, after the whole compilation, stops on a non-finite update). Momentum and
+  decay factors must lie in [0, 1), as optax's and PyTorch's optimizers require of them."""
+  for key, low, high, low_allowed in _OPTIMIZER_RANGES:
+    group, name = key.split(".")
+    value = config[group][name]
+    in_range = (isinstance(value, (int, float)) and math.isfinite(value)
+                and (value >= low if low_allowed else value > low)
+                and (high is None or value < high))
+    if not in_range:
+      bound = f"[{low}, {high})" if high is not None else (
+          f">= {low}" if low_allowed else f"> {low}")
+      raise ValueError(f"{key} must be a finite number {bound}, got {value!r}; fix "
+                       f"--config.{key}")

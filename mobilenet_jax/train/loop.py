@@ -17,13 +17,14 @@ import ml_collections
 import numpy as np
 
 from mobilenet_jax.compilation_cache import enable_compilation_cache
-from mobilenet_jax.train import init_from, optim, sharding, steps
+from mobilenet_jax.train import init_from, optim, resumption, sharding, steps
 from mobilenet_jax.train import state as state_lib
 from mobilenet_jax.train.checkpointing import Checkpointer
 from mobilenet_jax.train.config import complete_config, model_name, validate_config
 from mobilenet_jax.train.metrics import MetricWriter, Progress
+from mobilenet_jax.train.workdir_lock import WorkdirLock
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = resumption.CONFIG_FILE
 _STATISTICS_IMAGES = 256  # images whose BatchNorm statistics replace a TFLite file's folded ones
 _STATISTICS_BATCH = 64
 
@@ -39,6 +40,16 @@ def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict, write: boo
     raise OSError(f"cannot write to workdir {workdir}: {e}; pass a writable --workdir with free "
                   "space") from e
   return workdir
+
+
+def _lock_workdir(workdir: str) -> WorkdirLock:
+  """Process 0 locks the workdir for this job (train/workdir_lock.py); a second job is refused."""
+  lock = WorkdirLock(workdir)
+  try:
+    lock.acquire()
+  except OSError as e:
+    raise OSError(f"cannot write to workdir {workdir}: {e}; pass a writable --workdir") from e
+  return lock
 
 
 def _model_meta(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
@@ -129,7 +140,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
   sharding.wait_for_all_processes("dataset ready")
   model = state_lib.create_model(config, info.num_classes)
   workdir = _prepare_workdir(workdir, config, write=False)  # config.json: after the checks below
+  lock = _lock_workdir(workdir) if is_main else None
+  try:
+    return _run(config, workdir, info, model, is_main)
+  finally:
+    if lock is not None:
+      lock.release()
 
+
+def _run(config, workdir, info, model, is_main) -> dict[str, Any]:
+  """train_and_evaluate once the workdir is this job's."""
+  say = functools.partial(print, flush=True) if is_main else lambda *_: None
   mesh = sharding.create_mesh()
   replicated, batch_sharding = sharding.replicated(mesh), sharding.data_sharded(mesh)
   steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
@@ -154,6 +175,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -
                               "init_from; train first or set init_from")
     if latest is not None:  # another architecture's checkpoint: an error before compiling
       checkpointer.check_compatible(latest, abstract_state)
+      resumption.check_config_change(workdir, config)
+      final = None if config.eval_only or latest < total_steps else (
+          resumption.final_evaluation(workdir, latest))
+      if final is not None:
+        if is_main:
+          print(f"the run in {workdir} is finished (step {latest} of {total_steps}, evaluated): "
+                "nothing to do. Raise num_epochs or num_train_steps to train on, or set "
+                "eval_only=True to evaluate again", flush=True)
+        return {**final, "step": latest, "preempted": False}
     loaded = None
     if latest is None and config.init_from:  # checked against shapes, before compiling
       loaded = init_from.load(config.init_from, abstract_state.variables(), config.model.to_dict())
@@ -226,10 +256,10 @@ def _train(config, state, train_step, evaluate, checkpointer, writer, total_step
       pending.append(metrics)
       if interval_start is None:  # the first step includes compilation: time from its end
         jax.block_until_ready(metrics)
-        progress.message(f"first step (compilation included) took "
-                         f"{time.perf_counter() - progress.start:.1f}s; the train step was traced "
-                         f"in {train_step.trace_s:.1f}s and compiled (or loaded from the "
-                         f"compilation cache) in {train_step.compile_s:.1f}s")
+        # All from the moment the step's compilation began (in the background, before this loop).
+        progress.message(f"first step done {time.perf_counter() - train_step.started:.1f}s after "
+                         f"its compilation began: traced in {train_step.trace_s:.1f}s, compiled "
+                         f"(or loaded from the compilation cache) in {train_step.compile_s:.1f}s")
         interval_start, interval_first = time.perf_counter(), step
         progress.compiled(step)
       progress.update(step)

@@ -10,6 +10,7 @@ function of the config and seed: two runs with the same seed write identical val
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -21,9 +22,29 @@ TIMING_KEYS = ("images_per_sec", "steps_per_sec", "elapsed_s")
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of `workdir/metrics.jsonl`, in order."""
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of `workdir/metrics.jsonl`, in order.
+
+  A last line cut short (no newline, not JSON: what a kill or a full disk leaves mid-write) is
+  dropped with a warning, as TensorBoard's event-file reader drops a truncated last record; a bad
+  line elsewhere is an error naming the file and line.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  with open(path) as f:
+    lines = f.readlines()
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except ValueError as e:
+      if number == len(lines) and not line.endswith("\n"):
+        logging.getLogger(__name__).warning(
+            "%s: dropped its last line, cut short by an interrupted write: %r", path, line[:80])
+        break
+      raise ValueError(f"{path}, line {number}: not a JSON record ({e}); delete or repair that "
+                       "line, then run again") from None
+  return records
 
 
 def _plain(value: Any) -> Any:

@@ -7,6 +7,7 @@ host contributes its own share of the global batch through `jax.make_array_from_
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 from typing import Any
@@ -44,7 +45,26 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   jax.distributed.initialize(
       coordinator_address, num_processes, process_id,
       cluster_detection_method="deactivate" if explicit else None,
-      heartbeat_timeout_seconds=heartbeat_timeout_s)
+      heartbeat_timeout_seconds=heartbeat_timeout_s,
+      coordinator_bind_address=loopback_bind_address(coordinator_address))
+
+
+def loopback_bind_address(coordinator_address: str | None) -> str | None:
+  """The coordinator's own address when it is a loopback one (127.0.0.1:PORT, localhost, [::1]),
+  else None (JAX's default: every interface, which the other hosts of a pod need).
+
+  Process 0's coordination service is unauthenticated: a job whose processes all run on this
+  machine must not be reachable from the network (JAX binds `[::]:PORT` unless told otherwise).
+  """
+  if not coordinator_address or ":" not in coordinator_address:
+    return None
+  host = coordinator_address.rsplit(":", 1)[0].strip("[]")
+  if host == "localhost":
+    return coordinator_address.replace("localhost", "127.0.0.1", 1)
+  try:
+    return coordinator_address if ipaddress.ip_address(host).is_loopback else None
+  except ValueError:  # a host name
+    return None
 
 
 def maybe_initialize_distributed(config_flag: bool = False) -> None:

@@ -141,6 +141,7 @@ class BackgroundCompiled:
     self._jitted = jitted
     self._future = concurrent.futures.Future()
     self.trace_s = self.compile_s = None  # seconds to trace and lower, and to compile (or load)
+    self.started = time.perf_counter()      # when tracing began
     thread = threading.Thread(target=self._compile, args=abstract_args, daemon=True)
     thread.start()
 
