@@ -55,7 +55,7 @@ def compare(name: str, variants: dict[str, tuple[int, int, Optional[str]]], roun
   import numpy as np
 
   from mobilenet_jax import create_model
-  from mobilenet_jax.models.xla_cpu.inference import cpu_inference_function
+  from mobilenet_jax.xla_cpu.inference import cpu_inference_function
 
   model = create_model(name, num_classes=benchmark.NUM_CLASSES)
   images = jnp.asarray(np.random.default_rng(0).standard_normal(

@@ -82,7 +82,7 @@ def profile_blocks(kernels: str) -> None:
 
 
 def profile_kernel_grad() -> None:
-  from mobilenet_jax.models.xla_cpu import depthwise
+  from mobilenet_jax.xla_cpu import depthwise
 
   for size, channels, stride in DEPTHWISE_LAYERS:
     padding = ((1, 1), (1, 1)) if stride == 1 else ((0, 1), (0, 1))

@@ -235,7 +235,8 @@ def test_v2_expansion_option():
     ("mobilenet_v1", {"padding": "valid"}, "padding must be one of"),
     ("mobilenet_v1", {"num_classes": -1}, "num_classes must be >= 0"),
     ("mobilenet_v1", {"dropout_rate": 1.5}, "dropout_rate must be in"),
-    ("mobilenet_v3_small", {"kernels": "fast"}, "kernels must be one of"),
+    ("mobilenet_v3_small", {"compute": "fast"}, "compute must be one of auto, xla, cpu, got 'fast'"),
+    ("mobilenet_v3_small", {"kernels": "xla"}, r"unknown option\(s\) \['kernels'\].*'compute'"),
 ])
 def test_bad_options_raise_clear_errors(name, options, message):
   with pytest.raises(ValueError, match=message):

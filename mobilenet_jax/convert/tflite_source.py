@@ -316,7 +316,7 @@ def from_tflite(path: str, *, drop_background: bool = True, **model_options: Any
   `drop_background=False`. Feed images prepared by the file's recipe
   (`convert_tflite(path).preprocessing`: TF-slim's central crop 87.5%, bilinear resize, usually
   inception normalisation x / 127.5 - 1). `model_options` sets options that do not change the
-  weights (dtype, dropout_rate, ...). A file that is not such a MobileNet raises `ConversionError`
+  weights (compute, dtype, dropout_rate, ...). A file that is not such a MobileNet raises `ConversionError`
   saying what was found. The model computes in float; `tflite_activations.eight_bit_apply(model,
   path)` runs it with a quantized file's own 8-bit arithmetic (LiteRT's logits).
   """

@@ -36,7 +36,7 @@ from flax import linen as nn
 from jax.extend import core as jex_core
 from jax.extend.random import threefry2x32_p
 
-from mobilenet_jax.models.xla_cpu.compile_options import run_once_compiler_options
+from mobilenet_jax.compute import run_once_compiler_options
 
 _ROOT = "root"  # the symbol of the program's key
 _FROM_KEY = "from key"  # the symbol of other values computed from it

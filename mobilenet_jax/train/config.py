@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
       bn_momentum=0.99,                              # Flax momentum = TF BatchNorm decay
       bn_epsilon=1e-3,
       padding="same",                                # "same" (TF) | "symmetric" (PyTorch) | "keras"
-      kernels="auto",                                # "auto" | "xla" | "cpu" (models/kernels.py)
+      compute="auto",                                # "auto" | "xla" | "cpu" (compute.py)
       small_input=0,                                 # 1: stem at stride 1; 2: also the first stage
   ))
   c.dataset = default_dataset_config()

@@ -31,7 +31,7 @@ from flax import linen as nn
 
 from mobilenet_jax.models.layers import norm_then_activation, unwrap_partial
 from mobilenet_jax.models.norm import GroupedBatchNorm
-from mobilenet_jax.models.xla_cpu.fusion_barrier import materialized
+from mobilenet_jax.xla_cpu.fusion_barrier import materialized
 
 Array = jax.Array
 Activation = Callable[[Array], Array]

@@ -33,12 +33,14 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from mobilenet_jax.models.builder import LayerSpec, MobileNet
+from mobilenet_jax.models.blocks import InvertedResidual
+from mobilenet_jax.models.builder import MobileNet
 from mobilenet_jax.models.fold import fold_batch_norm
-from mobilenet_jax.models.layers import ACTIVATIONS, Activation, global_average_pool, spatial_padding
-from mobilenet_jax.models.xla_cpu.conv import conv_general_dilated
-from mobilenet_jax.models.xla_cpu.depthwise import pad_spatial, zero_border
-from mobilenet_jax.models.xla_cpu.fusion_barrier import materialized
+from mobilenet_jax.models.layers import Activation, global_average_pool, spatial_padding
+from mobilenet_jax.models.spec import LayerKind, network_layers
+from mobilenet_jax.xla_cpu.conv import conv_general_dilated
+from mobilenet_jax.xla_cpu.depthwise import pad_spatial, zero_border
+from mobilenet_jax.xla_cpu.fusion_barrier import materialized
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -64,21 +66,19 @@ def loop_layout(batch: int, micro_batch: int, side_by_side: int) -> tuple[int, i
 
 
 class _Program:
-  """The folded network's forward pass for one batch, from its table and weights."""
+  """The folded network's forward pass for one batch: the network's own walk (`network_layers`) and
+  layer modules (`MobileNet.layer`), whose fields (activations, strides, squeeze-excite gate, ...)
+  it reads, computed from the folded weights with the rearrangements above."""
 
   def __init__(self, model: MobileNet, store_stem: bool, pad_before_expansion_min_size: int,
                se_input_min_size: int):
     self.store_stem = store_stem
     self.pad_first_min = pad_before_expansion_min_size
     self.se_input_min = se_input_min_size
+    self.model = model
     self.spec = model.network_spec()
     self.dtype = model.dtype
     self.padding = model.padding
-    self.activation = model.activation
-    self.num_classes = model.num_classes
-
-  def act(self, name: str) -> Activation:
-    return self.activation or ACTIVATIONS[name]
 
   def cast(self, *arrays: Array) -> list[Array]:
     dtype = self.dtype or jnp.result_type(*arrays)
@@ -99,28 +99,29 @@ class _Program:
     x, kernel, bias = self.cast(x, p["kernel"], p["bias"])
     return x @ kernel + bias
 
-  def squeeze_excite(self, p: Params, x: Array) -> Array:
+  def squeeze_excite(self, p: Params, x: Array, block: InvertedResidual) -> Array:
+    """`SqueezeExcite` with the block's activation and gate."""
     s = global_average_pool(x)
-    s = jax.nn.hard_sigmoid(self.dense(p["expand"], jax.nn.relu(self.dense(p["reduce"], s))))
+    s = block.se_gate(self.dense(p["expand"], block.se_activation(self.dense(p["reduce"], s))))
     return x * s[:, None, None, :].astype(x.dtype)
 
-  def inverted_residual(self, p: Params, x: Array, layer: LayerSpec) -> Array:
-    activation, k, stride = self.act(layer.activation), layer.kernel_size, layer.stride
+  def inverted_residual(self, p: Params, x: Array, block: InvertedResidual) -> Array:
+    activation, k, stride = block.activation, block.kernel_size, block.strides
     shortcut, in_features = x, x.shape[-1]
     pads = spatial_padding(x, k, stride, self.padding, depthwise=True)
-    if layer.expanded_features != in_features:
-      if layer.activation == "relu6" and 0 < self.pad_first_min <= min(x.shape[1:3]):
+    if block.expanded_features != in_features:
+      if activation is jax.nn.relu6 and 0 < self.pad_first_min <= min(x.shape[1:3]):
         x = zero_border(self.conv(p["expand"], pad_spatial(x, pads), 1, 1, activation), pads)
         pads = [(0, 0), (0, 0)]
       else:
         x = self.conv(p["expand"], x, 1, 1, activation)
     x = self.conv(p["depthwise"], x, k, stride, activation, depthwise=True, pads=pads)
-    if layer.se_features is not None:
+    if block.use_se:
       if k >= 5 and 0 < self.se_input_min <= min(x.shape[1:3]):
         x = stored_once(x)
-      x = self.squeeze_excite(p["se"], x)
+      x = self.squeeze_excite(p["se"], x, block)
     x = self.conv(p["project"], x, 1, 1, None)
-    return x + shortcut if stride == 1 and in_features == layer.features else x
+    return x + shortcut if stride == 1 and in_features == block.features else x
 
   def stem_read_only_by_first_depthwise(self) -> bool:
     """The first block starts with a stride-1 depthwise convolution and has no shortcut (V1, V2).
@@ -129,33 +130,31 @@ class _Program:
     stem, first = self.spec.stem, self.spec.blocks[0]
     if first.stride != 1:
       return False
-    return first.kind == "separable" or (first.kind == "inverted_residual"
-                                         and first.expanded_features == stem.features
-                                         and first.features != stem.features)
+    return first.kind == LayerKind.SEPARABLE or (first.kind == LayerKind.INVERTED_RESIDUAL
+                                                 and first.expanded_features == stem.features
+                                                 and first.features != stem.features)
 
   def __call__(self, params: Params, x: Array) -> Array:
-    spec = self.spec
+    spec, model = self.spec, self.model
     if self.dtype is not None:
       x = x.astype(self.dtype)
-    x = self.conv(params["stem"], x, spec.stem.kernel_size, spec.stem.stride,
-                  self.act(spec.stem.activation))
-    if self.store_stem and self.stem_read_only_by_first_depthwise():
-      x = stored_once(x)
-    for i, layer in enumerate(spec.blocks):
-      p, activation = params[f"blocks_{i}"], self.act(layer.activation)
-      if layer.kind == "conv":
-        x = self.conv(p, x, layer.kernel_size, layer.stride, activation)
-      elif layer.kind == "separable":
-        x = self.conv(p["depthwise"], x, layer.kernel_size, layer.stride, activation, True)
-        x = self.conv(p["pointwise"], x, 1, 1, activation)
+    norm = model.norm(train=False)
+    for layer in network_layers(spec, x.shape[-1]):
+      p, module = params[layer.name], model.layer(layer, norm, len(spec.blocks))
+      if layer.kind == LayerKind.CONV:
+        x = self.conv(p, x, module.kernel_size, module.strides, module.activation)
+        if layer.name == "stem" and self.store_stem and self.stem_read_only_by_first_depthwise():
+          x = stored_once(x)
+      elif layer.kind == LayerKind.SEPARABLE:
+        x = self.conv(p["depthwise"], x, module.kernel_size, module.strides, module.activation,
+                      True)
+        x = self.conv(p["pointwise"], x, 1, 1, module.activation)
       else:
-        x = self.inverted_residual(p, x, layer)
-    if spec.last_conv is not None:
-      x = self.conv(params["last_conv"], x, 1, 1, self.act(spec.last_conv.activation))
+        x = self.inverted_residual(p, x, module)
     x = global_average_pool(x)
     if spec.head_features:
-      x = self.act(spec.head_activation)(self.dense(params["head"], x))
-    return x if self.num_classes == 0 else self.dense(params["classifier"], x)
+      x = model.head_activation()(self.dense(params["head"], x))
+    return x if model.num_classes == 0 else self.dense(params["classifier"], x)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

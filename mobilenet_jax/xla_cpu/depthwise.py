@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from mobilenet_jax.models.xla_cpu.fusion_barrier import materialized
+from mobilenet_jax.xla_cpu.fusion_barrier import materialized
 
 Array = jax.Array
 

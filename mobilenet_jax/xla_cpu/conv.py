@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from mobilenet_jax.models.xla_cpu.depthwise import depthwise_shifted, taps
+from mobilenet_jax.xla_cpu.depthwise import depthwise_shifted, taps
 
 Array = jax.Array
 
