@@ -29,6 +29,7 @@ from mobilenet_jax.convert.tflite_activations import EightBit, eight_bit_or_reas
 from mobilenet_jax.convert.tflite_graph import Graph, Tensor, read_tflite
 from mobilenet_jax.convert.tflite_walk import Layer, Walk, padding_mode, walk
 from mobilenet_jax.data.eval_recipes import EvalRecipe, tf_slim
+from mobilenet_jax.models.spec import LayerKind
 
 BN_EPSILON = 1e-3
 
@@ -211,7 +212,7 @@ def _check_against_spec(conversion: Conversion, names: dict[str, Layer], w: Walk
   residual_pairs = set(w.residuals)
   for i, block in enumerate(spec.blocks):
     prefix = f"blocks_{i}"
-    if block.kind == "separable":
+    if block.kind == LayerKind.SEPARABLE:
       expect(f"{prefix}/depthwise", block.stride, block.activation)
       expect(f"{prefix}/pointwise", 1, block.activation)
       continue

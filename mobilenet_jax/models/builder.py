@@ -19,8 +19,8 @@ from mobilenet_jax.models.blocks import DepthwiseSeparable, InvertedResidual
 from mobilenet_jax.models.layers import (ACTIVATIONS, PADDING_MODES, Activation, Array, ConvNormAct,
                                          ModuleDef, bind_norm, classifier_kernel_init,
                                          global_average_pool)
-from mobilenet_jax.models.spec import (LayerKind, LayerSpec, NetworkLayer, NetworkSpec,
-                                       check_positive, network_layers, with_small_input)
+from mobilenet_jax.models.spec import (LayerKind, NetworkLayer, NetworkSpec, network_layers,
+                                       with_small_input)
 
 MIN_RESOLUTION = 32
 FEATURE_STRIDES = (4, 8, 16, 32)

@@ -189,8 +189,8 @@ class _Draws:
     index = np.asarray([draws._fold_index[self.bits[d][0]] for d in self.order])
     key_data = jax.random.key_data(draws.keys)[index]               # (draws, 2)
     # Element e of the gathered draw belongs to draw `owner[e]` (its position in `order`): the number
-    # of draws that end at or before e, a prefix sum of ones at the draws' ends (one pass, where a
-    # binary search per element took 4-5x as long). Its counter is its flat index in that draw's own
+    # of draws that end at or before e, a prefix sum of ones at the draws' ends (one pass, faster
+    # than a binary search per element). Its counter is its flat index in that draw's own
     # array (what random_bits hashes). The barriers keep XLA from evaluating these index arrays at
     # compile time (slow for millions of elements).
     total = int(offsets[-1])

@@ -60,7 +60,8 @@ def mobilenet_v2_spec(width_multiplier: float = 1.0, expansion: Expansion = None
   """Resolved V2 widths; identical in torchvision, Keras and TF-slim for every released alpha.
 
   Stem and block outputs: make_divisible(c * alpha, 8); expanded width: make_divisible(in * t, 8)
-  from the rounded input; the last 1x1 conv keeps 1280 for alpha <= 1 (ANCHORS-models.md 2.2).
+  from the rounded input; the last 1x1 conv keeps 1280 for alpha <= 1 (Keras `MobileNetV2`'s
+  `last_block_filters`, torchvision's `last_channel * max(1.0, width_mult)`).
   """
   check_positive("width_multiplier", width_multiplier)
   ts = stage_expansions(expansion)

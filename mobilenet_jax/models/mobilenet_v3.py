@@ -67,7 +67,7 @@ def mobilenet_v3_spec(variant: str = "large", width_multiplier: float = 1.0,
   width_rule="tf" (TF-slim/Keras/timm, the released checkpoints): stem 16 never scaled, outputs
   make_divisible(c * alpha), expanded widths make_divisible(in * exp/in_table) from the *rounded*
   input, head 1280/1024 kept for alpha <= 1. width_rule="torchvision": stem, expanded widths and
-  head all make_divisible(x * alpha). The two agree at alpha = 1 (ANCHORS-models.md section 2.2).
+  head all make_divisible(x * alpha) (torchvision's `_mobilenet_v3_conf`). The two agree at alpha = 1.
   SE reduces the expanded width to make_divisible(expanded / 4, 8) (section 5.3).
   minimal: the "minimalistic" form: every depthwise kernel 3x3, no SE, ReLU everywhere.
   head_features: width of the pooled hidden layer (default 1280/1024); 0 removes it.

@@ -1,29 +1,30 @@
 """The CPU inference engine: a folded MobileNet as one XLA:CPU program, run in micro-batches.
 
 `cpu_inference_function(model, variables)` folds BatchNorm into the convolutions (`models/fold.py`)
-and builds its own forward program from the network's resolved table (`model.network_spec()`) and
-the folded weights; the public modules are not involved, so the rearrangements below need no field
-of theirs. Same logits as `model.apply(variables, images, train=False)` up to float rounding
-(tests/test_inference.py). What it does for XLA:CPU, each kept where a one-run A/B of
-`python experiments/ab_inference.py` measured >= 1.05x on some model (batch 32, 224, 2-core CPU):
+and builds its own forward program from the network's walk (`models.spec.network_layers`), the
+modules the network builds for each layer (`MobileNet.layer`: their activations, strides and
+squeeze-excite gate) and the folded weights; the rearrangements below are this program's, not
+fields of the modules. Same logits as `model.apply(variables, images, train=False)` up to float rounding
+(tests/test_inference.py). What it does for XLA:CPU, each kept where an A/B of
+`python experiments/ab_inference.py` showed a gain on some model, and applied only where it helped
+(the figures: docs/performance.md):
 
 - **Micro-batches** of `CPU_MICRO_BATCH` images inside one compiled program (`lax.map`): a batch-8
-  V2 layer (at most 8x112x112x96 floats, 38 MB) stays near the L3 cache; V2 198 -> 181 ms,
-  V3-Large 165 -> 154 ms per batch of 32.
+  V2 layer (at most 8x112x112x96 floats) stays near the L3 cache.
 - **Micro-batches side by side**: each loop step computes `CPU_SIDE_BY_SIDE` of them independently,
-  and XLA:CPU overlaps their single-core element-wise and depthwise fusions: V3-Small 1.17x,
-  V3-Large 1.04x (V1 1.03x, V2 1.02x: noise, but one loop layout serves all).
+  and XLA:CPU overlaps their single-core element-wise and depthwise fusions (one loop layout
+  serves every network).
 - **The stem stored once** where the first block's depthwise convolution is its only reader (V1,
   V2): XLA had computed the stem's 27 multiply-adds twice, in the padding pass and in the depthwise
-  pass. V1 1.05x, V2 1.06x.
+  pass.
 - **Padding before the expansion** in ReLU6 blocks whose input is at least
   `PAD_BEFORE_EXPANSION_MIN_SIZE` (V2): the narrow input is padded, and the expanded border zeroed
   after the activation, so bias and activation fuse into the depthwise pass instead of a pass
-  writing the widest tensor of the block again, padded. V2 1.06x (V3's ReLU blocks 0.99-1.01x; with
-  hard-swish one block was 18% slower, the activation being recomputed for each tap).
+  writing the widest tensor of the block again, padded (not with hard-swish, whose activation
+  would be recomputed for each tap).
 - **5x5 squeeze-and-excite inputs stored once** at `SE_INPUT_MIN_SIZE` and more (V3-Large's 28x28
   blocks): SE reads the depthwise output twice, and XLA had fused the whole 25-tap convolution into
-  the gating pass as well. V3-Large 1.08x (3x3 and smaller maps: 0.97-1.02x).
+  the gating pass as well.
 """
 
 from __future__ import annotations
