@@ -105,8 +105,8 @@ class MobileNet(nn.Module):
     `DepthwiseSeparable` or an `InvertedResidual` block. Its fields are the network's choices
     (activations, padding, squeeze-excite gate, ...), which the XLA:CPU inference program reads
     from here too. Stochastic depth grows linearly with the block index (timm's rule).
-    Not wrapped by Flax (`nn.nowrap`): inside `__call__` the module is a child of the network, and
-    called on an unbound network it is a module definition of its own."""
+    Not wrapped by Flax (`nn.nowrap`, which an override keeps): inside `__call__` the module is a
+    child of the network, and called on an unbound network it is a module definition of its own."""
     spec = layer.spec
     common = dict(norm=norm, padding=self.padding, dtype=self.dtype, param_dtype=self.param_dtype,
                   activation=self._act(spec.activation), name=layer.name)
