@@ -6,7 +6,7 @@ side) and the folded network's fusion changes, each switched off alone.
     python experiments/ab_inference.py --layouts 8x2 --changes pad_before_expansion,store_stem
 
 Each layout `MxS` is `cpu_inference_function(model, variables, micro_batch=M, side_by_side=S)`
-(`models/xla_cpu/inference.py`):
+(`mobilenet_jax/xla_cpu/inference.py`):
 batch 32, 224x224, float32, BatchNorm folded, a loop over steps of S independent micro-batches of M
 images (`0x1` is the whole batch at once), printed with its speed against the first layout. Each
 change in `--changes` adds the first layout without it, printed with the speed the change buys
@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Optional
 
-from mobilenet_jax.tools import benchmark, host_memory
+from mobilenet_jax.tools import benchmark, host_memory, jax_runners, workload
 
 MODELS = benchmark.MODELS  # the benchmark's keys: v1, v2, v3_large, v3_small
 # Each change, and the option of cpu_inference_function that turns it off.
@@ -55,12 +55,12 @@ def compare(name: str, variants: dict[str, tuple[int, int, Optional[str]]], roun
   import numpy as np
 
   from mobilenet_jax import create_model
-  from mobilenet_jax.models.xla_cpu.inference import cpu_inference_function
+  from mobilenet_jax.xla_cpu.inference import cpu_inference_function
 
-  model = create_model(name, num_classes=benchmark.NUM_CLASSES)
+  model = create_model(name, num_classes=workload.NUM_CLASSES)
   images = jnp.asarray(np.random.default_rng(0).standard_normal(
       (batch, resolution, resolution, 3), np.float32))
-  variables = benchmark.init_variables(model, resolution)
+  variables = jax_runners.init_variables(model, resolution)
   compiled = {}
   for label, (micro_batch, side_by_side, off) in variants.items():
     predict, folded = cpu_inference_function(model, variables, micro_batch=micro_batch,

@@ -3,7 +3,7 @@
     python experiments/ab_train_step.py --change fused_batch_norm                # V1, V2, V3-L, V3-S
     python experiments/ab_train_step.py --change materialized_gradient --models v2 --rounds 8
 
-Changes (options of `models.xla_cpu.make_conv_norm_act`, passed as the model's `kernels`; nothing
+Changes (options of `mobilenet_jax.xla_cpu.make_conv_norm_act`, the model's `conv_norm_act`; nothing
 else differs):
   materialized_gradient  the depthwise backward materialises its output gradient before the k*k
                          gradient passes (`xla_cpu/depthwise.py`)
@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilenet_jax.models import xla_cpu
+from mobilenet_jax import xla_cpu
 from mobilenet_jax.models.registry import create_model
-from mobilenet_jax.tools import benchmark, host_memory
+from mobilenet_jax.tools import benchmark, host_memory, jax_runners
 
 CHANGES = ("materialized_gradient", "fused_batch_norm")
 
@@ -42,7 +42,7 @@ def kernels(change: str, on: bool):
 def gradient_difference(change: str) -> float:
   """Largest difference of any parameter gradient, with against without, relative to its largest entry."""
   model = create_model("mobilenet_v2", width_multiplier=0.5, num_classes=10,
-                       kernels=kernels(change, True))
+                       conv_norm_act=kernels(change, True))
   images = jnp.asarray(np.random.default_rng(0).standard_normal((16, 32, 32, 3)), jnp.float32)
   variables = model.init(jax.random.key(0), images, train=False)
 
@@ -53,7 +53,7 @@ def gradient_difference(change: str) -> float:
 
   with_it = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], model)
   without_it = jax.jit(jax.grad(loss), static_argnums=1)(
-      variables["params"], model.clone(kernels=kernels(change, False)))
+      variables["params"], model.clone(conv_norm_act=kernels(change, False)))
   # Gradients that are 0 up to rounding (the bias of a BatchNorm followed by another BatchNorm,
   # V2's projections) are left out: below 1e-4 of the largest gradient entry of the network.
   pairs = [(a, b) for a, b in zip(jax.tree.leaves(with_it), jax.tree.leaves(without_it))]
@@ -69,9 +69,9 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=6, help="timed calls of each variant")
   args = parser.parse_args()
   options = benchmark.parse_args(["--malloc", "default"])
-  runner = lambda name, on: benchmark.jax_runner(  # noqa: E731
-      name, "train", 32, 224, "float32", argparse.Namespace(**{**vars(options),
-                                                               "kernels": kernels(args.change, on)}))
+  runner = lambda name, on: jax_runners.jax_runner(  # noqa: E731
+      name, "train", 32, 224, "float32",
+      argparse.Namespace(**{**vars(options), "conv_norm_act": kernels(args.change, on)}))
   print(f"{args.change}: gradients with vs without, largest relative difference: "
         f"{gradient_difference(args.change):.1e}", flush=True)
   for key in args.models.split(","):

@@ -66,8 +66,9 @@ class AblationSettings:
   width: the V2 width multiplier, or several (the expansion study then runs every t at each width).
   dataset, data_dir, width, resolution, batch_size, epochs, steps: None keeps the recipe's value.
   fast_compile: `jax_disable_most_optimizations` (quick runs: compile time dominates; slower steps).
-  kernels: the networks' layers (`create_model(kernels=...)`); None keeps the recipe's ("auto": the
-    XLA:CPU kernels on CPU). Quick runs use XLA's own, which trace and compile faster.
+  compute: how the networks' layers are computed (`create_model(compute=...)`); None keeps the
+    recipe's ("auto": the XLA:CPU kernels on CPU). Quick runs use XLA's own, which trace and
+    compile faster.
   """
   config: str = "configs/ablation_digits.py"
   v1_config: Optional[str] = None
@@ -85,7 +86,7 @@ class AblationSettings:
   timing_steps: int = 10
   timing_repeats: int = 3
   fast_compile: bool = False
-  kernels: Optional[str] = None
+  compute: Optional[str] = None
 
   def to_json(self) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -96,7 +97,7 @@ def quick_settings(**overrides: Any) -> AblationSettings:
   32x32, width 0.35, 3 training steps of 32 images, 1 seed, XLA optimisations off, XLA's layers."""
   quick = dict(width=0.35, resolution=32, ts=(1, 6), v1_widths=(0.25,), v1_resolutions=(32,),
                seeds=(0,), batch_size=32, steps=3, timing_steps=2, timing_repeats=1,
-               fast_compile=True, kernels="xla")
+               fast_compile=True, compute="xla")
   quick.update(overrides)
   return AblationSettings(**quick)
 
@@ -203,8 +204,8 @@ def study_base_config(settings: AblationSettings, study: str):
     config.num_train_steps = -1
   if settings.steps is not None:
     config.num_train_steps = settings.steps
-  if settings.kernels is not None:
-    config.model.kernels = settings.kernels
+  if settings.compute is not None:
+    config.model.compute = settings.compute
   return config
 
 

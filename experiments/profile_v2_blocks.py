@@ -39,17 +39,18 @@ def median_ms(call, repeats: int = 5) -> float:
   return float(np.median(times)) * 1e3
 
 
-def profile_blocks(kernels: str) -> None:
+def profile_blocks(compute: str) -> None:
   import torch
   from torchvision.models.mobilenetv2 import InvertedResidual as TorchInvertedResidual
 
   from mobilenet_jax import InvertedResidual
-  from mobilenet_jax.models.kernels import conv_norm_act
+  from mobilenet_jax.compute import conv_norm_act_for
+  from mobilenet_jax.models.layers import ConvNormAct
 
   torch.set_num_threads(2)
   for cin, cout, t, stride, size in V2_BLOCKS:
     block = InvertedResidual(cout, expansion=t, strides=stride,
-                             conv_norm_act=conv_norm_act(kernels))
+                             conv_norm_act=conv_norm_act_for(compute) or ConvNormAct)
     x = jnp.asarray(np.random.randn(BATCH, size, size, cin).astype(np.float32))
     variables = jax.jit(functools.partial(block.init, train=False))(jax.random.key(0), x)
 
@@ -82,7 +83,7 @@ def profile_blocks(kernels: str) -> None:
 
 
 def profile_kernel_grad() -> None:
-  from mobilenet_jax.models.xla_cpu import depthwise
+  from mobilenet_jax.xla_cpu import depthwise
 
   for size, channels, stride in DEPTHWISE_LAYERS:
     padding = ((1, 1), (1, 1)) if stride == 1 else ((0, 1), (0, 1))
@@ -102,12 +103,12 @@ def profile_kernel_grad() -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--kernel-grad", action="store_true", help="depthwise kernel gradient only")
-  parser.add_argument("--kernels", default="auto", help="auto | cpu | xla (models/kernels.py)")
+  parser.add_argument("--compute", default="auto", help="auto | cpu | xla (mobilenet_jax/compute.py)")
   args = parser.parse_args()
   if args.kernel_grad:
     profile_kernel_grad()
   else:
-    profile_blocks(args.kernels)
+    profile_blocks(args.compute)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
     logits = jax.jit(model.apply)(variables, images)
 
 This package namespace imports only jax and flax; training (`mobilenet_jax.train`), data
-(`mobilenet_jax.data`) and weights in (`mobilenet_jax.weights.load`; the readers in
-`mobilenet_jax.convert`) are imported on demand.
+(`mobilenet_jax.data`), weights in (`mobilenet_jax.weights.load`; the readers in
+`mobilenet_jax.convert`) and the XLA:CPU kernels (`mobilenet_jax.xla_cpu`, when `compute` chooses
+them) are imported on demand.
 """
 
 import os
@@ -19,12 +20,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from mobilenet_jax.models import (ConvNormAct, DepthwiseSeparable, InvertedResidual, LayerSpec,
-                                  MobileNet, MobileNetV1, MobileNetV2, MobileNetV3, NetworkSpec,
-                                  SqueezeExcite, create_model, fold_batch_norm, inference_function,
-                                  list_models, make_divisible)
+from mobilenet_jax.models import (ConvNormAct, DepthwiseSeparable, InvertedResidual, LayerKind,  # noqa: E402
+                                  LayerSpec, MobileNet, MobileNetV1, MobileNetV2, MobileNetV3,
+                                  NetworkSpec, SqueezeExcite, create_model, fold_batch_norm,
+                                  list_models, make_divisible, network_layers)
 from mobilenet_jax.compilation_cache import enable_compilation_cache
+from mobilenet_jax.inference import inference_function
 from mobilenet_jax.models.initialization import init_variables
 from mobilenet_jax.profile import count_madds, count_params, layer_costs
 
 __version__ = "0.1.0"
+

@@ -91,6 +91,9 @@ def read_model_file(directory: str) -> dict[str, Any]:
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} is not "
                      f"{FORMAT_VERSION}; convert the weights again with this version")
+  options = meta.get("options", {})
+  if "kernels" in options:   # the `compute` option's name in files written before it was renamed
+    options.setdefault("compute", options.pop("kernels"))
   return meta
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-
+from mobilenet_jax.models.layers import ConvNormAct
 
 @dataclasses.dataclass(frozen=True)
 class LayerCost:
@@ -152,7 +152,7 @@ def xla_madds(model: nn.Module, resolution: int = 224, linear: bool = True) -> f
   it comes out slightly below the papers' convention at small maps.
   """
   if linear:
-    model = model.clone(norm_layer=_NoNorm, activation=lambda x: x, kernels="xla")
+    model = model.clone(norm_layer=_NoNorm, activation=lambda x: x, conv_norm_act=ConvNormAct)
   images = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(images.shape),
                                                 train=False))

@@ -20,7 +20,7 @@ JOB_OVERRIDES = {
     "model.name": "mobilenet_v3_small_minimal", "model.width_multiplier": 0.35,
     # XLA's own layers, as on GPUs and TPUs: they trace and compile faster than the XLA:CPU
     # kernels.
-    "model.kernels": "xla",
+    "model.compute": "xla",
     "model.bn_momentum": 0.9, "model.dropout_rate": 0.2, "dataset.name": "digits",
     "resolution": 32, "batch_size": 32, "optimizer.name": "sgd", "optimizer.momentum": 0.9,
     "schedule.name": "cosine", "schedule.learning_rate": 0.05, "schedule.base_batch_size": 0,

@@ -26,6 +26,8 @@ from mobilenet_jax.convert import (ConversionError, convert_torch, from_keras,  
 from mobilenet_jax.convert.cli import main as convert_main  # noqa: E402
 from mobilenet_jax.pretrained import load_pretrained, read_model_file  # noqa: E402
 from mobilenet_jax.models.registry import create_model  # noqa: E402
+from mobilenet_jax.compute import conv_norm_act_for  # noqa: E402
+from mobilenet_jax.models.layers import ConvNormAct  # noqa: E402
 
 TOLERANCE = 1e-4
 # Random deep networks have logits anywhere from 0.01 to 1000; the classifier of each reference is
@@ -140,7 +142,7 @@ def tf_small_minimal():
                          ids=[f"{c[1]}-{c[3]}" for c in TORCH_CASES])
 def test_torch_logits_match(library, arch, options, size, batch):
   reference = build_torch(library, arch, options, size)
-  model, variables = from_torch(reference.state_dict(), arch, kernels="xla")
+  model, variables = from_torch(reference.state_dict(), arch, compute="xla")
   assert {model.bn_epsilon} == bn_epsilons(reference)   # the epsilon the reference really uses
   if "width_mult" in options:   # torchvision's width is found from the shapes
     assert model.width_multiplier == options["width_mult"]
@@ -149,17 +151,17 @@ def test_torch_logits_match(library, arch, options, size, batch):
   assert_same(torch_logits(reference, x), our_logits(model, variables, x))
 
 
-def test_default_kernels_match_too():
+def test_default_compute_matches_too():
   reference = build_torch("timm", "tf_mobilenetv3_large_075", {}, 96)
   model, variables = from_torch(reference.state_dict(), "tf_mobilenetv3_large_075")
-  assert model.kernels == "auto"
+  assert model.conv_norm_act is (conv_norm_act_for("auto") or ConvNormAct)   # compute="auto"
   x = images(96)
   assert_same(torch_logits(reference, x), our_logits(model, variables, x))
 
 
 def test_wrong_padding_or_epsilon_is_detected(tf_small_minimal):
   model, variables = from_torch(tf_small_minimal.state_dict(), "tf_mobilenetv3_small_minimal_100",
-                                kernels="xla")
+                                compute="xla")
   x = images(64, 2)
   reference = torch_logits(tf_small_minimal, x)
   for wrong in (model.clone(padding="symmetric"), model.clone(bn_epsilon=1e-5)):
@@ -216,7 +218,7 @@ def test_cli_round_trip_safetensors(tf_small_minimal, tmp_path):
   assert convert_main(["--source=timm:tf_mobilenetv3_small_minimal_100", f"--weights={weights}",
                        f"--out={out}"]) == 0
   name, options, variables = load_pretrained(str(out))
-  model = create_model(name, **options, kernels="xla")
+  model = create_model(name, **options, compute="xla")
   x = images(64, 2)
   assert_same(torch_logits(tf_small_minimal, x), our_logits(model, variables, x))
   # timm's eval recipe for its tf_ ports (pretrained_cfg): bilinear, crop_pct 0.875, mean/std 0.5.
@@ -354,7 +356,7 @@ def keras_v1():
 
 
 def test_keras_v1_alpha050_224(keras_v1):
-  model, variables = from_keras(keras_v1, kernels="xla")
+  model, variables = from_keras(keras_v1, compute="xla")
   assert (model.width_multiplier, model.num_classes, model.padding) == (0.5, 1000, "keras")
   x = tf_style(uint8_images(224))
   assert_same(keras_logits(keras_v1, x), our_logits(model, variables, x))
@@ -376,7 +378,7 @@ def test_keras_v1_at_an_odd_size():
 def test_keras_v2_alpha075_1001_classes_drop_background():
   reference = build_keras("MobileNetV2", 97, batch=2, alpha=0.75, classes=1001,
                           classifier_activation=None)
-  model, variables = from_keras(reference, kernels="xla")
+  model, variables = from_keras(reference, compute="xla")
   assert (model.width_multiplier, model.num_classes) == (0.75, 1000)
   x = tf_style(uint8_images(97, 2))
   assert_same(keras_logits(reference, x)[:, 1:], our_logits(model, variables, x))
@@ -385,7 +387,7 @@ def test_keras_v2_alpha075_1001_classes_drop_background():
 def test_keras_v3_large_224_with_builtin_preprocessing():
   reference = build_keras("MobileNetV3Large", 224, classifier_activation=None,
                           include_preprocessing=True)
-  model, variables = from_keras(reference, kernels="xla")
+  model, variables = from_keras(reference, compute="xla")
   assert (model.variant, model.minimal, model.width_multiplier) == ("large", False, 1.0)
   x = uint8_images(224)   # Keras rescales 0-255 itself; ours takes [-1, 1]
   assert_same(keras_logits(reference, x), our_logits(model, variables, tf_style(x)))
@@ -394,7 +396,7 @@ def test_keras_v3_large_224_with_builtin_preprocessing():
 def test_keras_v3_small_minimal_headless_alpha075():
   reference = build_keras("MobileNetV3Small", 64, batch=2, alpha=0.75, minimalistic=True,
                           include_top=False, pooling="avg", include_preprocessing=False)
-  model, variables = from_keras(reference, kernels="xla")
+  model, variables = from_keras(reference, compute="xla")
   assert (model.minimal, model.num_classes, model.head_features) == (True, 0, 0)
   assert model.width_multiplier == 0.75
   x = tf_style(uint8_images(64, 2))
@@ -432,6 +434,6 @@ def test_keras_cli_round_trip(keras_v1, tmp_path):
   name, options, variables = load_pretrained(str(out))
   assert name == "mobilenet_v1" and options["width_multiplier"] == 0.5
   assert read_model_file(str(out))["preprocessing"]["style"] == "central_crop"   # TF-slim's
-  model = create_model(name, **options, kernels="xla")
+  model = create_model(name, **options, compute="xla")
   x = tf_style(uint8_images(224))
   assert_same(keras_logits(keras_v1, x), our_logits(model, variables, x))

@@ -64,7 +64,7 @@ def images(batch, seed=1):
 
 
 def jax_logits(model, variables, x):
-  return np.asarray(_jitted_logits(model.clone(kernels="xla"), variables, x))
+  return np.asarray(_jitted_logits(model.clone(conv_norm_act=mj.ConvNormAct), variables, x))
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -26,6 +26,7 @@ pytest.importorskip("ai_edge_litert", reason='pip install -e ".[export]"')
 
 import onnxruntime as ort  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from mobilenet_jax.models.layers import ConvNormAct  # noqa: E402
 
 from mobilenet_jax import export  # noqa: E402
 from mobilenet_jax.evaluate.images import list_images, prepared_batches  # noqa: E402
@@ -65,7 +66,7 @@ def test_real_v1_float_exports_compute_jax_logits():
   resolution = w.recipe.resolution
   photos, _ = list_images(str(DATA / "photos"))
   x = prepared(photos[:3], w.recipe)
-  reference = JaxClassifier(w.model.clone(kernels="xla"), w.variables, len(x))(x)
+  reference = JaxClassifier(w.model.clone(conv_norm_act=ConvNormAct), w.variables, len(x))(x)
   tflite = export.to_tflite(w.model, w.variables, resolution=resolution)
   assert relative_error(litert(tflite, x), reference) <= 1e-4
   session = ort.InferenceSession(export.to_onnx(w.model, w.variables, resolution=resolution),
@@ -89,8 +90,9 @@ def test_real_v2_int8_agrees_with_float_and_is_four_times_smaller():
                                     calibration=calibration)
   # int8 weights are a quarter of float32; int32 biases and per-channel scales add a little.
   assert 3.3 < len(float_file) / len(int8_file) < 4.5, (len(float_file), len(int8_file))
-  reference = np.concatenate([JaxClassifier(w.model.clone(kernels="xla"), w.variables, 16)(
-      x[i:i + 16]) for i in range(0, len(x), 16)])
+  plain = w.model.clone(conv_norm_act=ConvNormAct)
+  reference = np.concatenate([JaxClassifier(plain, w.variables, 16)(x[i:i + 16])
+                              for i in range(0, len(x), 16)])
   top1, int8_top1 = reference.argmax(-1), litert(int8_file, x).argmax(-1)
   agreement = float(np.mean(top1 == int8_top1))
   unseen = np.arange(len(x)) >= len(imagenet)
@@ -112,7 +114,7 @@ def test_real_v2_int8_uint8_input(tmp_path):
   w = weights(path.name)
   photos, _ = list_images(str(DATA / "photos"))
   pixels = prepared(photos, dataclasses.replace(w.recipe, normalization="unit")) * 255
-  reference = JaxClassifier(w.model.clone(kernels="xla"), w.variables, len(photos))(
+  reference = JaxClassifier(w.model.clone(conv_norm_act=ConvNormAct), w.variables, len(photos))(
       prepared(photos, w.recipe))
   ours = litert(out.read_bytes(), np.round(pixels))
   assert np.mean(ours.argmax(-1) == reference.argmax(-1)) >= 6 / 7

@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 import mobilenet_jax as mj
-from mobilenet_jax.models.xla_cpu.inference import cpu_inference_function, loop_layout
+from mobilenet_jax.xla_cpu.inference import cpu_inference_function, loop_layout
 from test_fold import _random_variables
 
 
@@ -68,7 +69,7 @@ def test_cpu_program_equals_apply_with_every_rearrangement(name, size, options, 
 def test_padding_before_the_expansion_zeroes_the_expanded_border():
   """Mutation check: without zeroing, the border pixels' bias and ReLU6 (non-zero with these
   random folded biases) enter the depthwise convolution and the logits change."""
-  from mobilenet_jax.models.xla_cpu import inference
+  from mobilenet_jax.xla_cpu import inference
   model = mj.create_model("mobilenet_v2", width_multiplier=0.35, num_classes=10)
   x = jnp.asarray(np.random.default_rng(9).standard_normal((2, 32, 32, 3)), jnp.float32)
   variables = _random_variables(model, x, seed=10)
@@ -96,12 +97,43 @@ def test_bfloat16_model_and_inference_function_dispatch():
   assert got.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.05,
                              atol=0.05 * float(np.abs(want).max()))
-  # kernels="xla": the folded network's apply; the CPU options do not apply there.
-  xla = model.clone(kernels="xla", dtype=None)
-  predict, folded = mj.inference_function(xla, variables)
+  # compute="xla": the folded network's apply; the CPU options do not apply there.
+  xla = model.clone(dtype=None)
+  predict, folded = mj.inference_function(xla, variables, compute="xla")
+  assert _conditionals(predict, folded, x) == 0   # none of the CPU engine's fusion boundaries
   np.testing.assert_allclose(predict(folded, x), _logits(xla, variables, x), rtol=1e-4, atol=1e-4)
-  with pytest.raises(ValueError, match="apply to the CPU inference program only"):
-    mj.inference_function(xla, variables, micro_batch=4)
+  with pytest.raises(ValueError, match="apply to the XLA:CPU inference program only"):
+    mj.inference_function(xla, variables, compute="xla", micro_batch=4)
+  with pytest.raises(ValueError, match="compute must be one of auto, xla, cpu"):
+    mj.inference_function(xla, variables, compute="gpu")
+
+
+class _SigmoidGateV3(mj.MobileNetV3):
+  """V3 whose squeeze-excite uses a sigmoid gate and a SiLU (as EfficientNet's): block fields."""
+
+  @nn.nowrap
+  def layer(self, layer, norm, num_blocks):
+    if layer.kind != mj.LayerKind.INVERTED_RESIDUAL:
+      return super().layer(layer, norm, num_blocks)
+    s = layer.spec
+    return mj.InvertedResidual(
+        s.features, expanded_features=s.expanded_features, kernel_size=s.kernel_size,
+        strides=s.stride, use_se=s.se_features is not None, se_features=s.se_features, norm=norm,
+        activation=self._act(s.activation), se_activation=jax.nn.silu, se_gate=jax.nn.sigmoid,
+        padding=self.padding, conv_norm_act=self.conv_norm_act, name=layer.name)
+
+
+def test_cpu_engine_reads_the_blocks_squeeze_excite_fields():
+  """The CPU engine computes the network's own blocks: a changed SE gate gives the same logits
+  as `model.apply` (a hard-coded ReLU/hard-sigmoid would not)."""
+  model = _SigmoidGateV3(variant="small", width_multiplier=0.35, num_classes=10)
+  x = jnp.asarray(np.random.default_rng(13).standard_normal((2, 32, 32, 3)), jnp.float32)
+  variables = _random_variables(model, x, seed=14)
+  want = _logits(model, variables, x)
+  assert not np.allclose(want, _logits(mj.MobileNetV3(variant="small", width_multiplier=0.35,
+                                                      num_classes=10), variables, x), atol=1e-3)
+  predict, folded = mj.inference_function(model, variables, compute="cpu", micro_batch=0)
+  np.testing.assert_allclose(predict(folded, x), want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("option,value,message", [

@@ -234,7 +234,8 @@ def test_v2_expansion_option():
     ("mobilenet_v1", {"padding": "valid"}, "padding must be one of"),
     ("mobilenet_v1", {"num_classes": -1}, "num_classes must be >= 0"),
     ("mobilenet_v1", {"dropout_rate": 1.5}, "dropout_rate must be in"),
-    ("mobilenet_v3_small", {"kernels": "fast"}, "kernels must be one of"),
+    ("mobilenet_v3_small", {"compute": "fast"}, "compute must be one of auto, xla, cpu, got 'fast'"),
+    ("mobilenet_v3_small", {"kernels": "xla"}, r"unknown option\(s\) \['kernels'\].*'compute'"),
 ])
 def test_bad_options_raise_clear_errors(name, options, message):
   with pytest.raises(ValueError, match=message):
@@ -344,3 +345,16 @@ def test_small_input_madds_by_hand():
     mj.create_model("mobilenet_v2", small_input=3)
   with pytest.raises(ValueError, match="at least 16x16"):
     small.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_model_file_written_before_the_compute_rename_still_builds(tmp_path):
+  """A checkpoint's model.json from before `kernels` was renamed `compute` still gives its model."""
+  import json
+  from mobilenet_jax import pretrained
+  (tmp_path / pretrained.MODEL_FILE).write_text(json.dumps({
+      "format_version": pretrained.FORMAT_VERSION, "model": "mobilenet_v3_small",
+      "options": {"kernels": "xla", "num_classes": 10}}))
+  meta = pretrained.read_model_file(str(tmp_path))
+  assert meta["options"] == {"compute": "xla", "num_classes": 10}
+  model = mj.create_model(meta["model"], **meta["options"])
+  assert model.conv_norm_act is mj.ConvNormAct and model.num_classes == 10

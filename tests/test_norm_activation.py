@@ -9,9 +9,9 @@ import pytest
 from flax import linen as nn
 
 from mobilenet_jax.models.initialization import init_variables
-from mobilenet_jax.models import xla_cpu
+from mobilenet_jax import xla_cpu
 from mobilenet_jax.models.norm import GroupedBatchNorm
-from mobilenet_jax.models.xla_cpu.norm_activation import BatchNormActivation, fusible_batch_norm
+from mobilenet_jax.xla_cpu.norm_activation import BatchNormActivation, fusible_batch_norm
 from mobilenet_jax.models.registry import create_model
 
 EPS, MOMENTUM = 1e-3, 0.9
@@ -123,7 +123,7 @@ def test_float64_parameters_and_inputs():
 
 def test_network_gradients_and_variables_unchanged():
   """A whole V3-Small (hard-swish, ReLU, linear projections, SE) with and without the fusion."""
-  model = create_model("mobilenet_v3_small", width_multiplier=0.5, num_classes=10, kernels="cpu")
+  model = create_model("mobilenet_v3_small", width_multiplier=0.5, num_classes=10, compute="cpu")
   images = jnp.asarray(np.random.default_rng(1).normal(size=(4, 32, 32, 3)), jnp.float32)
   variables = init_variables(model, resolution=32, key=jax.random.key(0))  # model.init's values
 
@@ -136,7 +136,7 @@ def test_network_gradients_and_variables_unchanged():
     return jax.jit(jax.grad(loss, has_aux=True))(params)
 
   fused = step(model, variables["params"])
-  unfused = model.clone(kernels=xla_cpu.make_conv_norm_act(fused_batch_norm=False))
+  unfused = model.clone(conv_norm_act=xla_cpu.make_conv_norm_act(fused_batch_norm=False))
   reference = step(unfused, variables["params"])
   assert jax.tree.structure(fused) == jax.tree.structure(reference)
   # Relative to each gradient's largest entry: BatchNorm over 4 images of 1x1 in the last blocks

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet_jax.tools import benchmark
+from mobilenet_jax.tools import benchmark, jax_runners, timing
 
 
 def _fast_init(model, resolution):
@@ -25,7 +25,7 @@ def _fast_init(model, resolution):
 def report(tmp_path_factory):
   path = tmp_path_factory.mktemp("bench") / "result.json"
   patch = pytest.MonkeyPatch()
-  patch.setattr(benchmark, "init_variables", _fast_init)
+  patch.setattr(jax_runners, "init_variables", _fast_init)
   try:
     results = benchmark.main(
         ["--models", "v3_small", "--batch", "2", "--resolution", "32", "--frameworks",
@@ -67,8 +67,9 @@ def test_figures_of_a_worked_example(monkeypatch):
   def step():
     clock[0] += next(durations)
 
-  monkeypatch.setattr(benchmark, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
-                                                               sleep=lambda seconds: None))
+  clock_module = types.SimpleNamespace(perf_counter=lambda: clock[0], sleep=lambda seconds: None)
+  monkeypatch.setattr(benchmark, "time", clock_module)   # the pauses between rounds
+  monkeypatch.setattr(timing, "time", clock_module)      # the timed calls
   monkeypatch.setattr(benchmark, "RUNNERS", {"jax": lambda *args: benchmark.Runner(step, 1.5)})
   options = benchmark.parse_args(["--repeats", "3", "--warmup", "2", "--settle-s", "0"])
   (result,) = benchmark.measure("mobilenet_v3_small", "infer", 4, 32, "float32", ["jax"], options,

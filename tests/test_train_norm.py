@@ -10,7 +10,7 @@ from flax import linen as nn
 
 import mobilenet_jax
 from mobilenet_jax.models.norm import GroupedBatchNorm
-from mobilenet_jax.models.xla_cpu.norm_activation import BatchNormActivation
+from mobilenet_jax.xla_cpu.norm_activation import BatchNormActivation
 
 EPS, MOMENTUM = 1e-3, 0.9
 

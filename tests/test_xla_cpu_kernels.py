@@ -1,4 +1,4 @@
-"""The XLA:CPU kernels (models/xla_cpu) equal XLA's own ops: convolutions, values and gradients."""
+"""The XLA:CPU kernels (mobilenet_jax/xla_cpu) equal XLA's own ops: convolutions, values and gradients."""
 
 import itertools
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import mobilenet_jax as mj
-from mobilenet_jax.models import kernels, layers
-from mobilenet_jax.models.xla_cpu import conv as cpu_conv
-from mobilenet_jax.models.xla_cpu.depthwise import depthwise_shifted
+from mobilenet_jax import compute, xla_cpu
+from mobilenet_jax.models import layers
+from mobilenet_jax.xla_cpu import conv as cpu_conv
+from mobilenet_jax.xla_cpu.depthwise import depthwise_shifted
 
 CASES = list(itertools.product((3, 5), (1, 2), ("same", "symmetric"), ((7, 9), (8, 6))))
 
@@ -68,18 +69,22 @@ def test_shifted_keeps_bfloat16_and_matches_float32():
                                atol=0.05 * float(jnp.abs(g32).max()))
 
 
-def test_kernel_selection_and_errors():
-  assert kernels.resolve_kernels("auto") == ("cpu" if jax.default_backend() == "cpu" else "xla")
-  assert kernels.resolve_kernels("xla") == "xla"
-  assert kernels.conv_norm_act("xla") is layers.ConvNormAct
-  with pytest.raises(ValueError, match="kernels must be one of"):
-    kernels.resolve_kernels("shifted")
+def test_compute_selection_and_errors():
+  assert compute.resolve_compute("auto") == ("cpu" if jax.default_backend() == "cpu" else "xla")
+  assert compute.resolve_compute("xla") == "xla"
+  assert compute.conv_norm_act_for("xla") is None   # the network's own plain ConvNormAct
+  assert compute.conv_norm_act_for("cpu") is xla_cpu.conv_norm_act
+  assert mj.create_model("mobilenet_v2", compute="xla").conv_norm_act is layers.ConvNormAct
+  assert mj.create_model("mobilenet_v2", compute="cpu").conv_norm_act is xla_cpu.conv_norm_act
+  with pytest.raises(ValueError, match="compute must be one of auto, xla, cpu, got 'shifted'"):
+    mj.create_model("mobilenet_v2", compute="shifted")
+  with pytest.raises(ValueError, match="not both"):
+    mj.create_model("mobilenet_v2", compute="cpu", conv_norm_act=layers.ConvNormAct)
 
 
-def test_depthwise_unit_keeps_grouped_kernel_layout_with_either_kernels():
-  for name in ("xla", "cpu"):
-    unit = kernels.conv_norm_act(name)(6, 5, 2, depthwise=True,
-                                       norm=lambda name: (lambda x: x))
+def test_depthwise_unit_keeps_grouped_kernel_layout_with_either_compute():
+  for factory in (layers.ConvNormAct, xla_cpu.conv_norm_act):
+    unit = factory(6, 5, 2, depthwise=True, norm=lambda name: (lambda x: x))
     variables = unit.init(jax.random.key(0), jnp.zeros((1, 9, 9, 6)))
     assert variables["params"]["conv"]["kernel"].shape == (5, 5, 1, 6)
 
@@ -115,13 +120,13 @@ def test_cpu_convolutions_match_convolution(kernel_size, stride, in_features, pa
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v3_small"])
-def test_models_agree_across_kernels(name):
+def test_models_agree_across_compute(name):
   """A whole (narrow) network gives the same logits with XLA's ops and the CPU kernels."""
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   logits = []
-  for name_of_kernels in ("xla", "cpu"):
+  for compute_name in ("xla", "cpu"):
     model = mj.create_model(name, width_multiplier=0.35, num_classes=10,
-                            kernels=name_of_kernels, padding="symmetric")
+                            compute=compute_name, padding="symmetric")
     if not logits:  # the same parameters for every impl; eval_shape + numpy is faster than init
       shapes = jax.eval_shape(model.init, jax.random.key(1), x)
       rng = np.random.default_rng(0)

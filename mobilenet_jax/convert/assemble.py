@@ -106,7 +106,7 @@ class Conversion:
   preprocessing: Optional[dict[str, Any]] = None
 
   def model(self, **overrides: Any):
-    """The Flax module; `overrides` sets options that do not change the weights (kernels,
+    """The Flax module; `overrides` sets options that do not change the weights (compute,
     dtype, dropout_rate, drop_path_rate, bn_momentum, ...)."""
     fixed = sorted(set(overrides) & set(self.options))
     if fixed:

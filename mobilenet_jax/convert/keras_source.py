@@ -135,7 +135,7 @@ def from_keras(keras_model: Any, *, drop_background: bool = True, **model_option
   Our module outputs logits: Keras' final softmax (`classifier_activation`) is not part of it.
   V3's built-in `Rescaling` (include_preprocessing=True) is not either: feed images scaled to
   [-1, 1] (x / 127.5 - 1), as for V1/V2. `model_options` sets options that do not change the weights
-  (kernels, dtype, dropout_rate, ...).
+  (compute, dtype, dropout_rate, ...).
   """
   conversion = convert_keras(keras_model, drop_background)
   return conversion.model(**model_options), conversion.variables

@@ -1,9 +1,10 @@
 """The weight-bearing layers of one of our networks, in order, with the shapes of their variables.
 
 A converter names, for each `Unit` below, the layer of the reference implementation that holds its
-weights; `convert.assemble` then copies and checks them. The walk mirrors `models.builder.MobileNet`
-(and the blocks in `models.blocks`); `assemble.check_against_model` verifies every conversion
-against the variables Flax itself creates, so the two cannot drift apart silently.
+weights; `convert.assemble` then copies and checks them. The layers come from the network's own walk
+(`models.spec.network_layers`, which the builder uses too), each opened into its units as the blocks
+in `models.blocks` create them; `assemble.check_against_model` verifies every conversion against
+the variables Flax itself creates, so the two cannot drift apart silently.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator, Optional
 
-from mobilenet_jax.models.builder import NetworkSpec
+from mobilenet_jax.models.spec import LayerKind, NetworkLayer, NetworkSpec, network_layers
 
 # Kinds of unit: "conv" and "depthwise" are ConvNormAct (kernel + BatchNorm), "dense" a Dense layer.
 CONV, DEPTHWISE, DENSE = "conv", "depthwise", "dense"
@@ -58,16 +59,17 @@ def probe(role: str) -> Unit:
   return Unit((role,), DENSE, role, 0, 0)
 
 
-def _block_units(spec_layer, i: int, in_features: int) -> Iterator[Unit]:
-  name = f"blocks_{i}"
-  k, out = spec_layer.kernel_size, spec_layer.features
-  if spec_layer.kind == "conv":
-    yield Unit((name,), CONV, "conv", in_features, out, k, i)
-  elif spec_layer.kind == "separable":
+def _layer_units(layer: NetworkLayer) -> Iterator[Unit]:
+  """The units with weights of one layer of the network's walk."""
+  name, spec, in_features, i = layer.name, layer.spec, layer.in_features, layer.block_index
+  k, out = spec.kernel_size, spec.features
+  if spec.kind == LayerKind.CONV:
+    yield Unit((name,), CONV, name if i is None else "conv", in_features, out, k, i)
+  elif spec.kind == LayerKind.SEPARABLE:
     yield Unit((name, "depthwise"), DEPTHWISE, "depthwise", in_features, in_features, k, i, 0)
     yield Unit((name, "pointwise"), CONV, "pointwise", in_features, out, 1, i, 1)
-  elif spec_layer.kind == "inverted_residual":
-    expanded = spec_layer.expanded_features
+  else:
+    expanded = spec.expanded_features
     expands = expanded != in_features   # InvertedResidual skips the expansion conv when t = 1
     unit = lambda *a, **kw: Unit(*a, block=i, expands=expands, **kw)  # noqa: E731
     index = 0
@@ -76,27 +78,20 @@ def _block_units(spec_layer, i: int, in_features: int) -> Iterator[Unit]:
       index += 1
     yield unit((name, "depthwise"), DEPTHWISE, "depthwise", expanded, expanded, k, index=index)
     index += 1
-    if spec_layer.se_features is not None:
-      se = spec_layer.se_features
+    if spec.se_features is not None:
+      se = spec.se_features
       yield unit((name, "se", "reduce"), DENSE, "se_reduce", expanded, se, index=index)
       yield unit((name, "se", "expand"), DENSE, "se_expand", se, expanded, index=index)
       index += 1
     yield unit((name, "project"), CONV, "project", expanded, out, 1, index=index)
-  else:
-    raise ValueError(f"unknown layer kind {spec_layer.kind!r}")
 
 
 def network_units(spec: NetworkSpec, num_classes: int, in_channels: int = 3) -> list[Unit]:
   """Every layer with weights of `MobileNet` built from `spec`, in forward order."""
-  units = [Unit(("stem",), CONV, "stem", in_channels, spec.stem.features, spec.stem.kernel_size)]
-  features = spec.stem.features
-  for i, layer in enumerate(spec.blocks):
-    units.extend(_block_units(layer, i, features))
-    features = layer.features
-  if spec.last_conv is not None:
-    units.append(Unit(("last_conv",), CONV, "last_conv", features, spec.last_conv.features,
-                      spec.last_conv.kernel_size))
-    features = spec.last_conv.features
+  units, features = [], in_channels
+  for layer in network_layers(spec, in_channels):
+    units.extend(_layer_units(layer))
+    features = layer.out_features
   if spec.head_features:
     units.append(Unit(("head",), DENSE, "head", features, spec.head_features))
     features = spec.head_features

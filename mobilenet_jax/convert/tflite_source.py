@@ -30,6 +30,7 @@ from mobilenet_jax.convert.tflite_graph import Graph, Tensor, read_tflite
 from mobilenet_jax.convert.tflite_metadata import KEY
 from mobilenet_jax.convert.tflite_walk import Layer, Walk, padding_mode, walk
 from mobilenet_jax.data.eval_recipes import EvalRecipe, tf_slim
+from mobilenet_jax.models.spec import LayerKind
 
 BN_EPSILON = 1e-3
 
@@ -212,7 +213,7 @@ def _check_against_spec(conversion: Conversion, names: dict[str, Layer], w: Walk
   residual_pairs = set(w.residuals)
   for i, block in enumerate(spec.blocks):
     prefix = f"blocks_{i}"
-    if block.kind == "separable":
+    if block.kind == LayerKind.SEPARABLE:
       expect(f"{prefix}/depthwise", block.stride, block.activation)
       expect(f"{prefix}/pointwise", 1, block.activation)
       continue
@@ -315,9 +316,9 @@ def from_tflite(path: str, *, drop_background: bool = True, **model_options: Any
   `drop_background=False`. Feed images prepared by the file's recipe
   (`convert_tflite(path).preprocessing`: TF-slim's central crop 87.5%, bilinear resize, usually
   inception normalisation x / 127.5 - 1). `model_options` sets options that do not change the
-  weights (dtype, dropout_rate, ...). A file that is not such a MobileNet raises `ConversionError`
-  saying what was found. The model computes in float; `eight_bit_apply(model, path)` runs it
-  with a quantized file's own 8-bit arithmetic (LiteRT's logits).
+  weights (compute, dtype, dropout_rate, ...). A file that is not such a MobileNet raises
+  `ConversionError` saying what was found. The model computes in float; `eight_bit_apply(model,
+  path)` runs it with a quantized file's own 8-bit arithmetic (LiteRT's logits).
   """
   conversion = convert_tflite(path, drop_background)
   return conversion.model(**model_options), conversion.variables

@@ -171,7 +171,7 @@ def from_torch(state_dict: Mapping[str, Any], arch: str, *, drop_background: boo
   `mobilenetv3_large_100`, `tf_mobilenetv3_small_minimal_100`. Values may be torch tensors or numpy
   arrays. The number of classes is read from the classifier (none: headless, `num_classes=0`).
   Unknown, missing or mismatching keys raise `ConversionError` listing them. `model_options` sets
-  options that do not change the weights (kernels, dtype, dropout_rate, ...).
+  options that do not change the weights (compute, dtype, dropout_rate, ...).
   """
   conversion = convert_torch(state_dict, arch, drop_background)
   return conversion.model(**model_options), conversion.variables

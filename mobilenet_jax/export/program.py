@@ -7,7 +7,7 @@ Three choices make it convert well, measured against the reference libraries' ow
 
 - BatchNorm is folded into the convolutions (`models/fold.py`; Jacob et al. 2018, section 3.2), so
   each conv unit is one convolution with a bias and a fused activation in TFLite and ONNX alike.
-- The layers are XLA's own ops (`kernels="xla"`): converters read standard convolutions, not the
+- The layers are XLA's own ops (the plain `ConvNormAct`, `compute="xla"`): converters read standard convolutions, not the
   XLA:CPU kernels' rearrangements. The values are the same.
 - A Dense layer applied to an NHWC map (squeeze-and-excite's two layers on the pooled [N, 1, 1, C]
   map) is written as the 1x1 convolution it equals, as Keras and torchvision write it: TFLite's
@@ -30,6 +30,7 @@ from flax import linen as nn
 from mobilenet_jax.data.config import PIXEL_NORMALIZATIONS
 from mobilenet_jax.models.builder import MIN_RESOLUTION, MobileNet
 from mobilenet_jax.models.fold import batch_norm_epsilon, fold_batch_norm
+from mobilenet_jax.models.layers import ConvNormAct
 
 Batch = Union[int, str]   # an int >= 1, or "dynamic"
 DYNAMIC = "dynamic"
@@ -90,8 +91,9 @@ def deployment_program(model: MobileNet, variables: Mapping[str, Any], resolutio
   batch = parse_batch(batch)
   model.validate()
   batch_norm_epsilon(model)   # raises when the model's norm is not a BatchNorm (nothing to fold)
-  # Exported in float32 with XLA's own layers whatever the training dtype and kernels were.
-  folded_model, folded = fold_batch_norm(model.clone(kernels="xla", dtype=None), variables)
+  # Exported in float32 with XLA's own layers whatever the training dtype and compute were.
+  folded_model, folded = fold_batch_norm(model.clone(conv_norm_act=ConvNormAct, dtype=None),
+                                         variables)
 
   def network(images: jax.Array) -> jax.Array:
     if pixel_normalization is not None:

@@ -1,79 +1,29 @@
-"""One generic builder: a resolved architecture table (`NetworkSpec`) in, a Flax network out.
+"""One generic builder: a resolved architecture table (`NetworkSpec`, `spec.py`) in, a Flax network out.
 
-Each MobileNet file (`mobilenet_v1.py`, `mobilenet_v2.py`, `mobilenet_v3.py`) writes its paper's table
-as data and turns it into a `NetworkSpec` with concrete channel counts for a width multiplier;
-`MobileNet.__call__` below is the only place that turns specs into modules.
+`MobileNet.layer` is the only place that turns a layer of the table into a module; `__call__` walks
+the table (`spec.network_layers`) and applies them. How each conv + norm + activation unit is
+computed is the `conv_norm_act` factory the network is given (plain `ConvNormAct` by default; the
+XLA:CPU kernels of `mobilenet_jax.xla_cpu` when `create_model` chooses them): the module itself
+never looks at the backend, so one configuration traces one program everywhere.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Optional, Union
 
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mobilenet_jax.models import kernels as kernels_lib
 from mobilenet_jax.models.blocks import DepthwiseSeparable, InvertedResidual
-from mobilenet_jax.models.layers import (ACTIVATIONS, PADDING_MODES, Activation, Array, ModuleDef,
-                                         bind_norm, classifier_kernel_init, global_average_pool)
+from mobilenet_jax.models.layers import (ACTIVATIONS, PADDING_MODES, Activation, Array, ConvNormAct,
+                                         ModuleDef, bind_norm, classifier_kernel_init,
+                                         global_average_pool)
+from mobilenet_jax.models.spec import (LayerKind, NetworkLayer, NetworkSpec, network_layers,
+                                       with_small_input)
 
 MIN_RESOLUTION = 32
 FEATURE_STRIDES = (4, 8, 16, 32)
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerSpec:
-  """One layer of a network with concrete widths.
-
-  kind: "conv" (standard kxk conv + BN + act: the stem, or a V1 layer in full-convolution form),
-        "separable" (V1 depthwise separable block), "inverted_residual" (V2/V3 block).
-  """
-  kind: str
-  features: int
-  kernel_size: int = 3
-  stride: int = 1
-  activation: str = "relu6"
-  expanded_features: Optional[int] = None
-  se_features: Optional[int] = None
-
-
-@dataclasses.dataclass(frozen=True)
-class NetworkSpec:
-  """A whole network: stem, blocks, optional last 1x1 conv, optional hidden head layer.
-
-  head_features > 0 adds V3's pooled 1x1 conv with bias and no norm (V3 paper section 5.2, Figure 5);
-  it is a Dense layer on the pooled vector.
-  """
-  stem: LayerSpec
-  blocks: tuple[LayerSpec, ...]
-  last_conv: Optional[LayerSpec] = None
-  head_features: int = 0
-  head_activation: str = "hard_swish"
-  default_dropout: float = 0.2
-
-  @property
-  def layers(self) -> tuple[LayerSpec, ...]:
-    return (self.stem, *self.blocks, *((self.last_conv,) if self.last_conv else ()))
-
-
-def with_small_input(spec: NetworkSpec, layers: int) -> NetworkSpec:
-  """`spec` with its first `layers` stride-2 layers (the stem first) at stride 1: how CIFAR papers
-  adapt ImageNet networks to 32x32 images (e.g. MobileNetV2 on CIFAR-10 with the stem and the
-  first stride-2 stage at stride 1), keeping every weight shape."""
-  strided = [i for i, layer in enumerate(spec.layers) if layer.stride > 1][:layers]
-  layers_ = [dataclasses.replace(layer, stride=1) if i in strided else layer
-             for i, layer in enumerate(spec.layers)]
-  blocks = tuple(layers_[1:1 + len(spec.blocks)])
-  return dataclasses.replace(spec, stem=layers_[0], blocks=blocks,
-                             last_conv=layers_[-1] if spec.last_conv else None)
-
-
-def check_positive(name: str, value: float) -> None:
-  if not value > 0:
-    raise ValueError(f"{name} must be > 0, got {value!r}; the papers use values such as 1.0, 0.75, "
-                     "0.5 or 0.35")
 
 
 class MobileNet(nn.Module):
@@ -98,7 +48,7 @@ class MobileNet(nn.Module):
   padding: str = "same"                  # "same" (TF/Keras), "symmetric" (PyTorch), "keras" (Keras V1)
   norm_layer: Optional[ModuleDef] = None  # replaces BatchNorm: a factory such as partial(nn.GroupNorm, 8)
   activation: Optional[Activation] = None  # replaces every activation of the table when set
-  kernels: str = "auto"                  # how layers are computed: models/kernels.py
+  conv_norm_act: ModuleDef = ConvNormAct  # factory of every conv unit (how it is computed)
   small_input: int = 0                   # 32x32 datasets: the first N stride-2 layers at stride 1
 
   def table_spec(self) -> NetworkSpec:
@@ -123,7 +73,8 @@ class MobileNet(nn.Module):
       raise ValueError(f"num_classes must be >= 0 (0 = headless), got {self.num_classes}")
     if self.padding not in PADDING_MODES:
       raise ValueError(f"padding must be one of {PADDING_MODES}, got {self.padding!r}")
-    kernels_lib.resolve_kernels(self.kernels)
+    if not callable(self.conv_norm_act):
+      raise ValueError(f"conv_norm_act must be a ConvNormAct factory, got {self.conv_norm_act!r}")
     rate = self.dropout_rate
     if rate is not None and not 0 <= rate < 1:
       raise ValueError(f"dropout_rate must be in [0, 1), got {rate}")
@@ -137,6 +88,39 @@ class MobileNet(nn.Module):
   def _act(self, name: str) -> Activation:
     return self.activation or ACTIVATIONS[name]
 
+  def head_activation(self) -> Activation:
+    """The activation of the pooled hidden layer (V3's head)."""
+    return self._act(self.network_spec().head_activation)
+
+  def norm(self, train: bool) -> ModuleDef:
+    """The norm factory of every unit: `norm_layer`, or BatchNorm with the network's settings."""
+    norm = self.norm_layer or functools.partial(
+        nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+        param_dtype=self.param_dtype)
+    return bind_norm(norm, train)
+
+  @nn.nowrap
+  def layer(self, layer: NetworkLayer, norm: ModuleDef, num_blocks: int) -> nn.Module:
+    """The module of one layer of the walk, named as in the variables: a `conv_norm_act` unit, a
+    `DepthwiseSeparable` or an `InvertedResidual` block. Its fields are the network's choices
+    (activations, padding, squeeze-excite gate, ...), which the XLA:CPU inference program reads
+    from here too. Stochastic depth grows linearly with the block index (timm's rule).
+    Not wrapped by Flax (`nn.nowrap`, which an override keeps): inside `__call__` the module is a
+    child of the network, and called on an unbound network it is a module definition of its own."""
+    spec = layer.spec
+    common = dict(norm=norm, padding=self.padding, dtype=self.dtype, param_dtype=self.param_dtype,
+                  activation=self._act(spec.activation), name=layer.name)
+    if spec.kind == LayerKind.CONV:
+      return self.conv_norm_act(spec.features, spec.kernel_size, spec.stride, **common)
+    if spec.kind == LayerKind.SEPARABLE:
+      return DepthwiseSeparable(spec.features, spec.kernel_size, spec.stride,
+                                conv_norm_act=self.conv_norm_act, **common)
+    return InvertedResidual(
+        spec.features, expanded_features=spec.expanded_features, kernel_size=spec.kernel_size,
+        strides=spec.stride, use_se=spec.se_features is not None, se_features=spec.se_features,
+        drop_path_rate=self.drop_path_rate * layer.block_index / num_blocks,
+        conv_norm_act=self.conv_norm_act, **common)
+
   @nn.compact
   def __call__(self, x: Array, train: bool = False, features: bool = False
                ) -> Union[Array, dict[int, Array]]:
@@ -149,47 +133,14 @@ class MobileNet(nn.Module):
                        "or pad them first")
     self.validate()
     spec = self.network_spec()
-    norm = self.norm_layer or functools.partial(
-        nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-        param_dtype=self.param_dtype)
-    norm = bind_norm(norm, train)
-    conv_norm_act = kernels_lib.conv_norm_act(self.kernels)
-    common = dict(norm=norm, padding=self.padding, dtype=self.dtype, param_dtype=self.param_dtype)
-    unit = functools.partial(conv_norm_act, **common)
-    blocks = dict(conv_norm_act=conv_norm_act, **common)
-
+    norm = self.norm(train)
     if self.dtype is not None:
       x = x.astype(self.dtype)
-    x = unit(spec.stem.features, spec.stem.kernel_size, spec.stem.stride,
-             activation=self._act(spec.stem.activation), name="stem")(x)
-    stride = spec.stem.stride
-    feature_maps = {stride: x}
-    num_blocks = len(spec.blocks)
-    for i, layer in enumerate(spec.blocks):
-      name = f"blocks_{i}"
-      if layer.kind == "conv":
-        x = unit(layer.features, layer.kernel_size, layer.stride,
-                 activation=self._act(layer.activation), name=name)(x)
-      elif layer.kind == "separable":
-        x = DepthwiseSeparable(layer.features, layer.kernel_size, layer.stride,
-                               activation=self._act(layer.activation), name=name,
-                               **blocks)(x, train)
-      elif layer.kind == "inverted_residual":
-        x = InvertedResidual(
-            layer.features, expanded_features=layer.expanded_features,
-            kernel_size=layer.kernel_size, strides=layer.stride,
-            use_se=layer.se_features is not None, se_features=layer.se_features,
-            activation=self._act(layer.activation),
-            drop_path_rate=self.drop_path_rate * i / num_blocks, name=name, **blocks)(x, train)
-      else:
-        raise ValueError(f"unknown layer kind {layer.kind!r}")
-      stride *= layer.stride
-      feature_maps[stride] = x
-    if spec.last_conv is not None:
-      last = spec.last_conv
-      x = unit(last.features, last.kernel_size, last.stride,
-               activation=self._act(last.activation), name="last_conv")(x)
-      feature_maps[stride] = x
+    feature_maps = {}
+    for layer in network_layers(spec, x.shape[-1]):
+      module = self.layer(layer, norm, len(spec.blocks))
+      x = module(x) if layer.kind == LayerKind.CONV else module(x, train)
+      feature_maps[layer.out_stride] = x
     if features:
       return {s: feature_maps[s] for s in self.feature_strides}
 
@@ -197,7 +148,7 @@ class MobileNet(nn.Module):
     if spec.head_features:
       x = nn.Dense(spec.head_features, dtype=self.dtype, param_dtype=self.param_dtype,
                    name="head")(x)
-      x = self._act(spec.head_activation)(x)
+      x = self.head_activation()(x)
     if self.num_classes == 0:
       return x
     rate = spec.default_dropout if self.dropout_rate is None else self.dropout_rate
@@ -207,11 +158,6 @@ class MobileNet(nn.Module):
 
   def feature_channels(self) -> dict[int, int]:
     """Channel count of each map returned by `features=True`, without running the network."""
-    spec = self.network_spec()
-    channels, stride = {spec.stem.stride: spec.stem.features}, spec.stem.stride
-    for layer in spec.blocks:
-      stride *= layer.stride
-      channels[stride] = layer.features
-    if spec.last_conv is not None:
-      channels[stride] = spec.last_conv.features
+    channels = {layer.out_stride: layer.out_features
+                for layer in network_layers(self.network_spec())}
     return {s: channels[s] for s in self.feature_strides}

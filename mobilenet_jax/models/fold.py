@@ -11,7 +11,7 @@ Integer-Arithmetic-Only Inference", section 3.2): one pass over the activations 
 
 The folded model is the same network with `norm_layer=BiasOnly`: same parameter names, the kernels
 rescaled, each `norm` holding just `bias`, and no `batch_stats`. It is for inference only
-(`models/inference.py` builds the fast inference program from it; export starts from it too).
+(`mobilenet_jax/inference.py` builds the fast inference program from it; export starts from it too).
 """
 
 from __future__ import annotations

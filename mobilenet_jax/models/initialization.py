@@ -36,7 +36,7 @@ from flax import linen as nn
 from jax.extend import core as jex_core
 from jax.extend.random import threefry2x32_p
 
-from mobilenet_jax.models.xla_cpu.compile_options import run_once_compiler_options
+from mobilenet_jax.compute import run_once_compiler_options
 
 _ROOT = "root"  # the symbol of the program's key
 _FROM_KEY = "from key"  # the symbol of other values computed from it
@@ -189,8 +189,8 @@ class _Draws:
     index = np.asarray([draws._fold_index[self.bits[d][0]] for d in self.order])
     key_data = jax.random.key_data(draws.keys)[index]               # (draws, 2)
     # Element e of the gathered draw belongs to draw `owner[e]` (its position in `order`): the number
-    # of draws that end at or before e, a prefix sum of ones at the draws' ends (one pass, where a
-    # binary search per element took 4-5x as long). Its counter is its flat index in that draw's own
+    # of draws that end at or before e, a prefix sum of ones at the draws' ends (one pass, faster
+    # than a binary search per element). Its counter is its flat index in that draw's own
     # array (what random_bits hashes). The barriers keep XLA from evaluating these index arrays at
     # compile time (slow for millions of elements).
     total = int(offsets[-1])

@@ -2,7 +2,7 @@
 
 Plain Flax Linen, importable into any Flax project. How a convolution or a norm is computed is the
 caller's choice, passed in as layer factories (`conv=`, `norm=`, `norm_act=`) as flax's examples do;
-`models/kernels.py` chooses the factories of a whole network once.
+`mobilenet_jax/compute.py` chooses the network's conv unit factory once, outside these modules.
 """
 
 from __future__ import annotations

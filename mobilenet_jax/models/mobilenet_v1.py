@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from mobilenet_jax.models.builder import LayerSpec, MobileNet, NetworkSpec, check_positive
+from mobilenet_jax.models.builder import MobileNet
+from mobilenet_jax.models.spec import LayerKind, LayerSpec, NetworkSpec, check_positive
 
 
 class V1Row(NamedTuple):
@@ -36,10 +37,10 @@ def mobilenet_v1_spec(width_multiplier: float = 1.0, depthwise_separable: bool =
   """The resolved V1 table. `depthwise_separable=False` is the paper's "Conv MobileNet" (Table 4):
   every depthwise separable layer replaced by a standard 3x3 convolution."""
   check_positive("width_multiplier", width_multiplier)
-  kind = "separable" if depthwise_separable else "conv"
+  kind = LayerKind.SEPARABLE if depthwise_separable else LayerKind.CONV
   blocks = tuple(LayerSpec(kind, v1_width(row.out, width_multiplier), 3, row.stride, "relu6")
                  for row in V1_TABLE)
-  stem = LayerSpec("conv", v1_width(STEM_CHANNELS, width_multiplier), 3, 2, "relu6")
+  stem = LayerSpec(LayerKind.CONV, v1_width(STEM_CHANNELS, width_multiplier), 3, 2, "relu6")
   # Keras and TF-slim keep 0.1% dropout (keep_prob 0.999) before the classifier.
   return NetworkSpec(stem, blocks, default_dropout=0.001)
 

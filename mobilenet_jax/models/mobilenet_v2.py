@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence, Union
 
-from mobilenet_jax.models.builder import LayerSpec, MobileNet, NetworkSpec, check_positive
+from mobilenet_jax.models.builder import MobileNet
 from mobilenet_jax.models.layers import make_divisible
+from mobilenet_jax.models.spec import LayerKind, LayerSpec, NetworkSpec, check_positive
 
 
 class V2Row(NamedTuple):
@@ -59,20 +60,22 @@ def mobilenet_v2_spec(width_multiplier: float = 1.0, expansion: Expansion = None
   """Resolved V2 widths; identical in torchvision, Keras and TF-slim for every released alpha.
 
   Stem and block outputs: make_divisible(c * alpha, 8); expanded width: make_divisible(in * t, 8)
-  from the rounded input; the last 1x1 conv keeps 1280 for alpha <= 1 (ANCHORS-models.md 2.2).
+  from the rounded input; the last 1x1 conv keeps 1280 for alpha <= 1 (Keras `MobileNetV2`'s
+  `last_block_filters`, torchvision's `last_channel * max(1.0, width_mult)`).
   """
   check_positive("width_multiplier", width_multiplier)
   ts = stage_expansions(expansion)
-  stem = LayerSpec("conv", make_divisible(STEM_CHANNELS * width_multiplier), 3, 2, "relu6")
+  stem = LayerSpec(LayerKind.CONV, make_divisible(STEM_CHANNELS * width_multiplier), 3, 2,
+                   "relu6")
   blocks, in_channels = [], stem.features
   for row, t in zip(V2_TABLE, ts):
     out = make_divisible(row.c * width_multiplier)
     for i in range(row.n):
-      blocks.append(LayerSpec("inverted_residual", out, 3, row.s if i == 0 else 1, "relu6",
-                              expanded_features=make_divisible(in_channels * t)))
+      blocks.append(LayerSpec(LayerKind.INVERTED_RESIDUAL, out, 3, row.s if i == 0 else 1,
+                              "relu6", expanded_features=make_divisible(in_channels * t)))
       in_channels = out
   last = LAST_CHANNELS if width_multiplier <= 1 else make_divisible(LAST_CHANNELS * width_multiplier)
-  return NetworkSpec(stem, tuple(blocks), LayerSpec("conv", last, 1, 1, "relu6"),
+  return NetworkSpec(stem, tuple(blocks), LayerSpec(LayerKind.CONV, last, 1, 1, "relu6"),
                      default_dropout=0.2)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from mobilenet_jax.models.builder import LayerSpec, MobileNet, NetworkSpec, check_positive
+from mobilenet_jax.models.builder import MobileNet
 from mobilenet_jax.models.layers import make_divisible
+from mobilenet_jax.models.spec import LayerKind, LayerSpec, NetworkSpec, check_positive
 
 
 class V3Row(NamedTuple):
@@ -66,7 +67,7 @@ def mobilenet_v3_spec(variant: str = "large", width_multiplier: float = 1.0,
   width_rule="tf" (TF-slim/Keras/timm, the released checkpoints): stem 16 never scaled, outputs
   make_divisible(c * alpha), expanded widths make_divisible(in * exp/in_table) from the *rounded*
   input, head 1280/1024 kept for alpha <= 1. width_rule="torchvision": stem, expanded widths and
-  head all make_divisible(x * alpha). The two agree at alpha = 1 (ANCHORS-models.md section 2.2).
+  head all make_divisible(x * alpha) (torchvision's `_mobilenet_v3_conf`). The two agree at alpha = 1.
   SE reduces the expanded width to make_divisible(expanded / 4, 8) (section 5.3).
   minimal: the "minimalistic" form: every depthwise kernel 3x3, no SE, ReLU everywhere.
   head_features: width of the pooled hidden layer (default 1280/1024); 0 removes it.
@@ -79,7 +80,7 @@ def mobilenet_v3_spec(variant: str = "large", width_multiplier: float = 1.0,
   alpha, tf_rule = width_multiplier, width_rule == "tf"
   scale = lambda c: make_divisible(c * alpha)  # noqa: E731
   stem_features = STEM_CHANNELS if tf_rule else scale(STEM_CHANNELS)
-  stem = LayerSpec("conv", stem_features, 3, 2, RE if minimal else HS)
+  stem = LayerSpec(LayerKind.CONV, stem_features, 3, 2, RE if minimal else HS)
   blocks, in_table, in_actual = [], STEM_CHANNELS, stem_features
   for row in TABLES[variant]:
     out = scale(row.out)
@@ -88,11 +89,11 @@ def mobilenet_v3_spec(variant: str = "large", width_multiplier: float = 1.0,
       se = make_divisible(expanded / 4) if row.se else None
     else:
       se = make_divisible(expanded // 4) if row.se else None
-    blocks.append(LayerSpec("inverted_residual", out, 3 if minimal else row.kernel, row.stride,
-                            RE if minimal else row.activation, expanded_features=expanded,
-                            se_features=None if minimal else se))
+    blocks.append(LayerSpec(LayerKind.INVERTED_RESIDUAL, out, 3 if minimal else row.kernel,
+                            row.stride, RE if minimal else row.activation,
+                            expanded_features=expanded, se_features=None if minimal else se))
     in_table, in_actual = row.out, out
-  last_conv = LayerSpec("conv", make_divisible(in_actual * LAST_CONV_RATIO) if tf_rule
+  last_conv = LayerSpec(LayerKind.CONV, make_divisible(in_actual * LAST_CONV_RATIO) if tf_rule
                         else in_actual * LAST_CONV_RATIO, 1, 1, RE if minimal else HS)
   if head_features is None:
     head = HEAD_CHANNELS[variant]

@@ -1,10 +1,10 @@
 """BatchNorm over groups of images: the per-replica ("ghost") statistics of the TF TPU recipes.
 
 Under `jax.jit` over a batch sharded on a mesh, `nn.BatchNorm` normalises over the whole global batch
-(XLA inserts the cross-device reductions; ANCHORS-training.md section 4.4). The MobileNetV3 paper
-trained with "batch size 4096 (128 images per chip)" in TF1 TPUEstimator, whose BatchNorm normalised
-each replica's 128 images on their own. `GroupedBatchNorm(group_size=128)` reproduces that on any
-mesh: the batch axis is reshaped (B, ...) -> (B/g, g, ...) and each group of g consecutive images
+(XLA inserts the cross-device reductions: JAX's "Distributed arrays and automatic parallelization"
+guide). The MobileNetV3 paper trained with "batch size 4096 (128 images per chip)" in TF1
+TPUEstimator, whose BatchNorm normalised each replica's 128 images on their own.
+`GroupedBatchNorm(group_size=128)` reproduces that on any mesh: the batch axis is reshaped (B, ...) -> (B/g, g, ...) and each group of g consecutive images
 gets its own mean and variance. Consecutive images of a batch sharded on `data` live on the same
 device when g divides the per-device batch, so no cross-device traffic is needed.
 

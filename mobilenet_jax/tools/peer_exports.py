@@ -22,6 +22,9 @@ import sys
 
 import numpy as np
 
+from mobilenet_jax.tools.workload import NUM_CLASSES, keras_model, torch_model
+
+
 def keras_tflite(name: str, resolution: int, out: str, int8: bool = False) -> None:
   """Writes Keras's float (or int8) `.tflite` of `name`; runs in a subprocess with the TensorFlow
   backend."""
@@ -35,15 +38,9 @@ def _keras_tflite_here(name: str, resolution: int, out: str, int8: bool = False)
   import keras
   import tensorflow as tf
 
-  from mobilenet_jax.tools.benchmark import KERAS_MODELS
-
   if keras.backend.backend() != "tensorflow":
     raise RuntimeError("the Keras TFLite export needs KERAS_BACKEND=tensorflow")
-  options = dict(weights=None, input_shape=(resolution, resolution, 3), classes=1000,
-                 classifier_activation=None)
-  if name.startswith("mobilenet_v3"):
-    options["include_preprocessing"] = False
-  model = getattr(keras.applications, KERAS_MODELS[name])(**options)
+  model = keras_model(name, resolution, NUM_CLASSES)
   images = np.random.default_rng(0).standard_normal((8, resolution, resolution, 3))
   images = images.astype(np.float32)
   # BatchNorm statistics of the images' activations, as ours get them (tools/random_weights.py):
@@ -65,15 +62,7 @@ def torchvision_onnx(name: str, resolution: int, out: str) -> None:
   """Writes torchvision's (timm's for V1) ONNX export of `name`, batch dynamic."""
   import torch
 
-  from mobilenet_jax.tools.benchmark import TORCH_MODELS
-
-  library, constructor = TORCH_MODELS[name]
-  if library == "timm":
-    import timm
-    model = timm.create_model(constructor, num_classes=1000)
-  else:
-    import torchvision
-    model = getattr(torchvision.models, constructor)(num_classes=1000)
+  model = torch_model(name, NUM_CLASSES)
   images = torch.zeros(1, 3, resolution, resolution)
   torch.onnx.export(model.eval(), (images,), out, input_names=["images"], output_names=["logits"],
                     dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False,

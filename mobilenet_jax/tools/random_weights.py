@@ -16,12 +16,15 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from mobilenet_jax.models.layers import ConvNormAct
+
 
 def with_batch_statistics(model: Any, variables: Mapping[str, Any], images: np.ndarray
                           ) -> dict[str, Any]:
   """`variables` with each BatchNorm's `mean` and `var` set to its input's statistics on `images`
   (float32 NHWC, as the model takes them); the parameters are unchanged."""
-  one_pass = model.clone(bn_momentum=0.0, dropout_rate=0.0, drop_path_rate=0.0, kernels="xla")
+  one_pass = model.clone(bn_momentum=0.0, dropout_rate=0.0, drop_path_rate=0.0, 
+                            conv_norm_act=ConvNormAct)
   _, updated = jax.jit(lambda v, x: one_pass.apply(v, x, train=True, mutable=["batch_stats"]))(
       variables, np.asarray(images, np.float32))
   return {**variables, "batch_stats": updated["batch_stats"]}

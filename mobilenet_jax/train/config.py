@@ -32,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
       bn_momentum=config_dict.placeholder(float),    # None: 0.99 (Flax momentum = TF decay)
       bn_epsilon=config_dict.placeholder(float),     # None: 1e-3 (TF/Keras)
       padding=config_dict.placeholder(str),          # None: "same" (TF) | "symmetric" | "keras"
-      kernels="auto",                                # "auto" | "xla" | "cpu" (models/kernels.py)
+      compute="auto",                                # "auto" | "xla" | "cpu" (compute.py)
       small_input=0,                                 # 1: stem at stride 1; 2: also the first stage
   ))
   c.dataset = default_dataset_config()

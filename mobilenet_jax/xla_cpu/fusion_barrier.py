@@ -23,9 +23,9 @@ def materialized(tree: Any, witness: Array) -> Any:
   XLA cannot resolve it while compiling; both branches return the operands exactly (negating twice
   is exact, NaN included), so the value of the predicate does not matter. Elsewhere it is a no-op:
   on GPU/TPU a conditional costs a device-host synchronisation and fusion does not duplicate this
-  way; and with several devices, XLA's SPMD partitioner gave wrong gradients (up to 9% off) when
-  the fused BatchNorm's batch-sharded activations passed through such a conditional (jax 0.10.2,
-  8 simulated CPU devices; tests/test_train.py compares a job on 8 devices with one on 1).
+  way; and with several devices, XLA's SPMD partitioner gave wrong gradients when the fused
+  BatchNorm's batch-sharded activations passed through such a conditional (8 simulated CPU devices;
+  tests/test_train.py compares a job on 8 devices with one on 1).
   """
   if jax.default_backend() != "cpu" or jax.device_count() != 1:
     return tree

@@ -1,29 +1,30 @@
 """The CPU inference engine: a folded MobileNet as one XLA:CPU program, run in micro-batches.
 
 `cpu_inference_function(model, variables)` folds BatchNorm into the convolutions (`models/fold.py`)
-and builds its own forward program from the network's resolved table (`model.network_spec()`) and
-the folded weights; the public modules are not involved, so the rearrangements below need no field
-of theirs. Same logits as `model.apply(variables, images, train=False)` up to float rounding
-(tests/test_inference.py). What it does for XLA:CPU, each kept where a one-run A/B of
-`python experiments/ab_inference.py` measured >= 1.05x on some model (batch 32, 224, 2-core CPU):
+and builds its own forward program from the network's walk (`models.spec.network_layers`), the
+modules the network builds for each layer (`MobileNet.layer`: their activations, strides and
+squeeze-excite gate) and the folded weights; the rearrangements below are this program's, not
+fields of the modules. Same logits as `model.apply(variables, images, train=False)` up to float rounding
+(tests/test_inference.py). What it does for XLA:CPU, each kept where an A/B of
+`python experiments/ab_inference.py` showed a gain on some model, and applied only where it helped
+(the figures: docs/performance.md):
 
 - **Micro-batches** of `CPU_MICRO_BATCH` images inside one compiled program (`lax.map`): a batch-8
-  V2 layer (at most 8x112x112x96 floats, 38 MB) stays near the L3 cache; V2 198 -> 181 ms,
-  V3-Large 165 -> 154 ms per batch of 32.
+  V2 layer (at most 8x112x112x96 floats) stays near the L3 cache.
 - **Micro-batches side by side**: each loop step computes `CPU_SIDE_BY_SIDE` of them independently,
-  and XLA:CPU overlaps their single-core element-wise and depthwise fusions: V3-Small 1.17x,
-  V3-Large 1.04x (V1 1.03x, V2 1.02x: noise, but one loop layout serves all).
+  and XLA:CPU overlaps their single-core element-wise and depthwise fusions (one loop layout
+  serves every network).
 - **The stem stored once** where the first block's depthwise convolution is its only reader (V1,
   V2): XLA had computed the stem's 27 multiply-adds twice, in the padding pass and in the depthwise
-  pass. V1 1.05x, V2 1.06x.
+  pass.
 - **Padding before the expansion** in ReLU6 blocks whose input is at least
   `PAD_BEFORE_EXPANSION_MIN_SIZE` (V2): the narrow input is padded, and the expanded border zeroed
   after the activation, so bias and activation fuse into the depthwise pass instead of a pass
-  writing the widest tensor of the block again, padded. V2 1.06x (V3's ReLU blocks 0.99-1.01x; with
-  hard-swish one block was 18% slower, the activation being recomputed for each tap).
+  writing the widest tensor of the block again, padded (not with hard-swish, whose activation
+  would be recomputed for each tap).
 - **5x5 squeeze-and-excite inputs stored once** at `SE_INPUT_MIN_SIZE` and more (V3-Large's 28x28
   blocks): SE reads the depthwise output twice, and XLA had fused the whole 25-tap convolution into
-  the gating pass as well. V3-Large 1.08x (3x3 and smaller maps: 0.97-1.02x).
+  the gating pass as well.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from mobilenet_jax.models.builder import LayerSpec, MobileNet
+from mobilenet_jax.models.blocks import InvertedResidual
+from mobilenet_jax.models.builder import MobileNet
 from mobilenet_jax.models.fold import fold_batch_norm
-from mobilenet_jax.models.layers import ACTIVATIONS, Activation, global_average_pool, spatial_padding
-from mobilenet_jax.models.xla_cpu.conv import conv_general_dilated
-from mobilenet_jax.models.xla_cpu.depthwise import pad_spatial, zero_border
-from mobilenet_jax.models.xla_cpu.fusion_barrier import materialized
+from mobilenet_jax.models.layers import Activation, global_average_pool, spatial_padding
+from mobilenet_jax.models.spec import LayerKind, network_layers
+from mobilenet_jax.xla_cpu.conv import conv_general_dilated
+from mobilenet_jax.xla_cpu.depthwise import pad_spatial, zero_border
+from mobilenet_jax.xla_cpu.fusion_barrier import materialized
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -64,21 +67,19 @@ def loop_layout(batch: int, micro_batch: int, side_by_side: int) -> tuple[int, i
 
 
 class _Program:
-  """The folded network's forward pass for one batch, from its table and weights."""
+  """The folded network's forward pass for one batch: the network's own walk (`network_layers`) and
+  layer modules (`MobileNet.layer`), whose fields (activations, strides, squeeze-excite gate, ...)
+  it reads, computed from the folded weights with the rearrangements above."""
 
   def __init__(self, model: MobileNet, store_stem: bool, pad_before_expansion_min_size: int,
                se_input_min_size: int):
     self.store_stem = store_stem
     self.pad_first_min = pad_before_expansion_min_size
     self.se_input_min = se_input_min_size
+    self.model = model
     self.spec = model.network_spec()
     self.dtype = model.dtype
     self.padding = model.padding
-    self.activation = model.activation
-    self.num_classes = model.num_classes
-
-  def act(self, name: str) -> Activation:
-    return self.activation or ACTIVATIONS[name]
 
   def cast(self, *arrays: Array) -> list[Array]:
     dtype = self.dtype or jnp.result_type(*arrays)
@@ -99,28 +100,29 @@ class _Program:
     x, kernel, bias = self.cast(x, p["kernel"], p["bias"])
     return x @ kernel + bias
 
-  def squeeze_excite(self, p: Params, x: Array) -> Array:
+  def squeeze_excite(self, p: Params, x: Array, block: InvertedResidual) -> Array:
+    """`SqueezeExcite` with the block's activation and gate."""
     s = global_average_pool(x)
-    s = jax.nn.hard_sigmoid(self.dense(p["expand"], jax.nn.relu(self.dense(p["reduce"], s))))
+    s = block.se_gate(self.dense(p["expand"], block.se_activation(self.dense(p["reduce"], s))))
     return x * s[:, None, None, :].astype(x.dtype)
 
-  def inverted_residual(self, p: Params, x: Array, layer: LayerSpec) -> Array:
-    activation, k, stride = self.act(layer.activation), layer.kernel_size, layer.stride
+  def inverted_residual(self, p: Params, x: Array, block: InvertedResidual) -> Array:
+    activation, k, stride = block.activation, block.kernel_size, block.strides
     shortcut, in_features = x, x.shape[-1]
     pads = spatial_padding(x, k, stride, self.padding, depthwise=True)
-    if layer.expanded_features != in_features:
-      if layer.activation == "relu6" and 0 < self.pad_first_min <= min(x.shape[1:3]):
+    if block.expanded_features != in_features:
+      if activation is jax.nn.relu6 and 0 < self.pad_first_min <= min(x.shape[1:3]):
         x = zero_border(self.conv(p["expand"], pad_spatial(x, pads), 1, 1, activation), pads)
         pads = [(0, 0), (0, 0)]
       else:
         x = self.conv(p["expand"], x, 1, 1, activation)
     x = self.conv(p["depthwise"], x, k, stride, activation, depthwise=True, pads=pads)
-    if layer.se_features is not None:
+    if block.use_se:
       if k >= 5 and 0 < self.se_input_min <= min(x.shape[1:3]):
         x = stored_once(x)
-      x = self.squeeze_excite(p["se"], x)
+      x = self.squeeze_excite(p["se"], x, block)
     x = self.conv(p["project"], x, 1, 1, None)
-    return x + shortcut if stride == 1 and in_features == layer.features else x
+    return x + shortcut if stride == 1 and in_features == block.features else x
 
   def stem_read_only_by_first_depthwise(self) -> bool:
     """The first block starts with a stride-1 depthwise convolution and has no shortcut (V1, V2).
@@ -129,33 +131,31 @@ class _Program:
     stem, first = self.spec.stem, self.spec.blocks[0]
     if first.stride != 1:
       return False
-    return first.kind == "separable" or (first.kind == "inverted_residual"
-                                         and first.expanded_features == stem.features
-                                         and first.features != stem.features)
+    return first.kind == LayerKind.SEPARABLE or (first.kind == LayerKind.INVERTED_RESIDUAL
+                                                 and first.expanded_features == stem.features
+                                                 and first.features != stem.features)
 
   def __call__(self, params: Params, x: Array) -> Array:
-    spec = self.spec
+    spec, model = self.spec, self.model
     if self.dtype is not None:
       x = x.astype(self.dtype)
-    x = self.conv(params["stem"], x, spec.stem.kernel_size, spec.stem.stride,
-                  self.act(spec.stem.activation))
-    if self.store_stem and self.stem_read_only_by_first_depthwise():
-      x = stored_once(x)
-    for i, layer in enumerate(spec.blocks):
-      p, activation = params[f"blocks_{i}"], self.act(layer.activation)
-      if layer.kind == "conv":
-        x = self.conv(p, x, layer.kernel_size, layer.stride, activation)
-      elif layer.kind == "separable":
-        x = self.conv(p["depthwise"], x, layer.kernel_size, layer.stride, activation, True)
-        x = self.conv(p["pointwise"], x, 1, 1, activation)
+    norm = model.norm(train=False)
+    for layer in network_layers(spec, x.shape[-1]):
+      p, module = params[layer.name], model.layer(layer, norm, len(spec.blocks))
+      if layer.kind == LayerKind.CONV:
+        x = self.conv(p, x, module.kernel_size, module.strides, module.activation)
+        if layer.name == "stem" and self.store_stem and self.stem_read_only_by_first_depthwise():
+          x = stored_once(x)
+      elif layer.kind == LayerKind.SEPARABLE:
+        x = self.conv(p["depthwise"], x, module.kernel_size, module.strides, module.activation,
+                      True)
+        x = self.conv(p["pointwise"], x, 1, 1, module.activation)
       else:
-        x = self.inverted_residual(p, x, layer)
-    if spec.last_conv is not None:
-      x = self.conv(params["last_conv"], x, 1, 1, self.act(spec.last_conv.activation))
+        x = self.inverted_residual(p, x, module)
     x = global_average_pool(x)
     if spec.head_features:
-      x = self.act(spec.head_activation)(self.dense(params["head"], x))
-    return x if self.num_classes == 0 else self.dense(params["classifier"], x)
+      x = model.head_activation()(self.dense(params["head"], x))
+    return x if model.num_classes == 0 else self.dense(params["classifier"], x)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -11,10 +11,10 @@ XLA's own ops up to float summation order (tests/test_xla_cpu_kernels.py):
 - `norm_activation.fused_norm_activation`: BatchNorm and its activation with a fused gradient.
 - `fusion_barrier.materialized`: a tensor computed once into a buffer of its own.
 - `inference.cpu_inference_function`: the folded network's inference program for XLA:CPU.
-- `compile_options.run_once_compiler_options`: how a program that runs once (the init) compiles.
 
-`conv_norm_act` is the `ConvNormAct` factory that `models/kernels.py` hands every block when the
-kernels are "cpu"; `make_conv_norm_act` builds it with single optimisations off, for A/B runs.
+`conv_norm_act` is the `ConvNormAct` factory that `mobilenet_jax/compute.py` hands the network when
+its compute is "cpu" (this room imports the models, never the reverse); `make_conv_norm_act` builds
+it with single optimisations off, for A/B runs.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import functools
 from flax import linen as nn
 
 from mobilenet_jax.models.layers import ConvNormAct, ModuleDef, norm_then_activation
-from mobilenet_jax.models.xla_cpu.conv import conv_general_dilated
-from mobilenet_jax.models.xla_cpu.norm_activation import fused_norm_activation
+from mobilenet_jax.xla_cpu.conv import conv_general_dilated
+from mobilenet_jax.xla_cpu.norm_activation import fused_norm_activation
 
 
 def make_conv_norm_act(fused_batch_norm: bool = True, materialized_gradient: bool = True

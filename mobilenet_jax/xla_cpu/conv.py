@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from mobilenet_jax.models.xla_cpu.depthwise import depthwise_shifted, taps
+from mobilenet_jax.xla_cpu.depthwise import depthwise_shifted, taps
 
 Array = jax.Array
 
@@ -87,13 +87,13 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
   """`lax.conv_general_dilated`, with MobileNet's convolutions rewritten for XLA:CPU.
 
   - depthwise (`feature_group_count` = input channels, one filter each): `depthwise_shifted`, k*k
-    strided windows times a per-channel weight (10x faster than XLA:CPU's grouped convolution);
+    strided windows times a per-channel weight (XLA:CPU runs a grouped convolution group by group);
     `materialize_gradient` is its option of the same name.
   - 1x1 stride 1: a `[N*H*W, Cin] x [Cin, Cout]` matmul. XLA:CPU sends a convolution to a generic
-    kernel but a dot to its tuned GEMM (1x1 layers measured 2-5x faster).
+    kernel but a dot to its tuned GEMM.
   - kxk with k*k*Cin <= SHALLOW_CONV_MAX_DEPTH (the 3-channel stem): k*k*Cin broadcast multiply-adds
-    in one fused loop (V2 stem at batch 32: 37 ms as a convolution, 19 ms as im2col + matmul, 11 ms
-    this way); its kernel gradient is one im2col matmul (custom VJP).
+    in one fused loop (faster than the convolution and than im2col + matmul: docs/performance.md);
+    its kernel gradient is one im2col matmul (custom VJP).
   """
   groups = kwargs.get("feature_group_count", 1)
   pads = _plain_conv_padding(lhs, rhs, window_strides, padding, args, kwargs)

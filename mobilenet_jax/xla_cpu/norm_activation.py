@@ -14,9 +14,9 @@ cuDNN's and PyTorch's batch-norm kernels) keeps only x and per-channel statistic
 The per-channel algebra in between (variance, rsqrt, scale) is differentiated by JAX itself
 (`jax.vjp` of `_affine_from_moments`), so its edge cases (a variance clipped at zero) are those of
 `flax.linen.BatchNorm`, whose forward arithmetic is reproduced operation for operation.
-`BatchNormActivation` has `nn.BatchNorm`'s variables, so checkpoints do not change.
-MobileNetV2 training step, batch 32, 224, 2-core CPU, interleaved A/B in one process
-(`python experiments/ab_train_step.py --change fused_batch_norm`): -7% time, peak memory 2.6 -> 1.8 GB.
+`BatchNormActivation` has `nn.BatchNorm`'s variables, so checkpoints do not change. What it saves
+in time and memory: `python experiments/ab_train_step.py --change fused_batch_norm`
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from flax import linen as nn
 
 from mobilenet_jax.models.layers import norm_then_activation, unwrap_partial
 from mobilenet_jax.models.norm import GroupedBatchNorm
-from mobilenet_jax.models.xla_cpu.fusion_barrier import materialized
+from mobilenet_jax.xla_cpu.fusion_barrier import materialized
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
@@ -94,7 +94,7 @@ def _batch_norm_activation_bwd(axes, epsilon, activation, out_dtype, residuals, 
   gz = materialized(gz, scale[0])
   sum_gz = jnp.sum(gz, axes, keepdims=True)
   # sum(gz * (x - mean)) as sum(gz * x) - mean * sum(gz): a reduction over `gz * (x - mean)` made
-  # XLA store `x - mean` as one more full-size tensor (V2 step 6% slower, +0.7 GB). It cancels
+  # XLA store `x - mean` as one more full-size tensor (slower, more memory). It cancels
   # when a channel's mean is large against its spread, as Flax's fast variance does in the forward.
   sum_gz_centered = jnp.sum(gz * xf, axes, keepdims=True) - mean * sum_gz
   # z = (x - mean) * mul + bias: the gradients of its per-channel inputs.

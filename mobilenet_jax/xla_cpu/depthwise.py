@@ -1,9 +1,9 @@
 """Depthwise convolution as k*k shifted multiply-adds, with its gradient written the same way.
 
-XLA:CPU runs a grouped convolution (`feature_group_count=C`) one group at a time: a 32x56x56x144
-3x3 layer took 352 ms grouped and 35 ms as nine strided windows times a per-channel weight, which
-XLA fuses into one loop nest. XLA's transpose of the grouped convolution (its gradient) is as slow as
-its forward, so the gradient is a custom VJP written again as shifted sums (`_shifted_input_grad`,
+XLA:CPU runs a grouped convolution (`feature_group_count=C`) one group at a time; nine strided
+windows times a per-channel weight, which XLA fuses into one loop nest, are many times faster
+(docs/performance.md has the figures and their commands). XLA's transpose of the grouped
+convolution (its gradient) is as slow as its forward, so the gradient is a custom VJP written again as shifted sums (`_shifted_input_grad`,
 `_shifted_kernel_grad`). Equal to `lax.conv_general_dilated` up to float summation order, forward and
 backward (tests/test_xla_cpu_kernels.py).
 """
@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from mobilenet_jax.models.xla_cpu.fusion_barrier import materialized
+from mobilenet_jax.xla_cpu.fusion_barrier import materialized
 
 Array = jax.Array
 
@@ -108,8 +108,8 @@ def _shifted_input_grad(g: Array, kernel: Array, stride: int, padding: Sequence[
   return interleaved[:, :in_hw[0], :in_hw[1]]
 
 
-# Row-group sizes tried in order: one that divides the output height avoids padding g (on V2's
-# 14x14x384 layers 8 rows, padded to 16, took 17 ms where 14 rows took 6; experiments in the commit).
+# Row-group sizes tried in order: one that divides the output height avoids padding g, which costs
+# more than a smaller group (docs/performance.md).
 _ROW_GROUPS = (14, 16, 12, 15, 13, 11, 10, 9, 8, 7)
 
 
@@ -127,8 +127,7 @@ def _shifted_kernel_grad(x: Array, g: Array, kernel_shape: Sequence[int], stride
   Per tap, one fused elementwise pass sums the products of `row_group` consecutive output rows
   (a tensor `row_group` times smaller than g), and a single reduction finishes all taps. Both
   obvious forms are slower on XLA:CPU: one reduction per tap materialises every shifted window of
-  x, and stacking the k*k full-size products materialises k*k activations (about 1.3x and 1.8x the
-  time of this form on a 32x56x56x144 layer).
+  x, and stacking the k*k full-size products materialises k*k activations.
   """
   kh, kw = kernel_shape[:2]
   n, out_h, out_w, channels = g.shape
@@ -166,8 +165,8 @@ def depthwise_shifted(x: Array, kernel: Array, stride: int,
   materialize_gradient: in the backward pass the output gradient g is computed once into a buffer
   of its own before the k*k gradient passes read it. XLA:CPU otherwise fuses the element-wise ops
   that produce g (the BatchNorm, activation and SE-gate gradients) into every one of those passes
-  and recomputes them there: training step V1 -6%, V2 -7%, V3-Large -10%, V3-Small -11%
-  (`python experiments/ab_train_step.py --change materialized_gradient`).
+  and recomputes them there (`python experiments/ab_train_step.py --change materialized_gradient`
+  measures the difference; docs/performance.md).
   """
   return _shifted_sum(x, kernel, stride, padding)
 
