@@ -44,7 +44,7 @@ def _save_checkpoint(directory, num_classes, folded):
   """A 'pretrained' V3-Small-minimal x0.35 for `num_classes` classes with random weights and random
   BatchNorm statistics (or, `folded`, the identity statistics of a converted TFLite file)."""
   model = mj.create_model("mobilenet_v3_small_minimal", width_multiplier=0.35,
-                          num_classes=num_classes, kernels="xla")
+                          num_classes=num_classes, compute="xla")
   variables = mj.init_variables(model, resolution=32, seed=3)
   rng = np.random.default_rng(0)
   stats = {}
@@ -66,7 +66,7 @@ def _finetune_config(checkpoint, trainable):
   config = tiny_config()
   config.model.name = None              # unset: from the checkpoint's model.json
   config.model.width_multiplier = None
-  config.model.kernels = "xla"
+  config.model.compute = "xla"
   config.init_from = str(checkpoint)
   config.trainable = trainable
   config.num_train_steps = 3
@@ -132,7 +132,7 @@ def test_measured_statistics_keep_the_inference_function_and_fit_training_mode()
   """estimate_batch_norm_statistics on one batch: inference-mode logits unchanged, and training-mode
   logits on that batch (BatchNorm over the same images) equal them; with identity statistics the
   two modes disagree."""
-  model = mj.create_model("mobilenet_v2", width_multiplier=0.35, num_classes=10, kernels="xla",
+  model = mj.create_model("mobilenet_v2", width_multiplier=0.35, num_classes=10, compute="xla",
                           dropout_rate=0.0)
   variables = jax.device_get(mj.init_variables(model, resolution=32, seed=0))
   epsilon = model.bn_epsilon

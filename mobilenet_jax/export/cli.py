@@ -123,9 +123,11 @@ def calibration_batches(directory: str, recipe, pixels: bool, limit: int
   from mobilenet_jax.evaluate.images import list_images, prepared_batches
 
   paths, _ = list_images(directory)
+  # An even sample of the sorted folder: every class of a train/<class>/ folder, not the first.
+  paths = paths[::max(1, len(paths) // limit)][:limit]
   if pixels:   # the recipe's crop and resize, scaled back to 0..255 ("unit" is x / 255)
     recipe = dataclasses.replace(recipe, normalization="unit")
-  for batch in prepared_batches(paths[:limit], recipe, CALIBRATION_BATCH):
+  for batch in prepared_batches(paths, recipe, CALIBRATION_BATCH):
     yield batch * 255.0 if pixels else batch
 
 

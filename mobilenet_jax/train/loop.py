@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from mobilenet_jax.compilation_cache import enable_compilation_cache
+from mobilenet_jax.models.layers import ConvNormAct
 from mobilenet_jax.train import init_from, optim, resumption, sharding, steps
 from mobilenet_jax.train import state as state_lib
 from mobilenet_jax.train.checkpointing import Checkpointer
@@ -115,7 +116,8 @@ def _estimate_batch_norm_statistics(config, model, variables, say) -> dict[str, 
   say(f"init_from: its BatchNorm was folded into the convolutions (a TFLite file's weights); "
       f"measuring BatchNorm statistics on {batch * len(batches)} training images, the inference "
       "function unchanged, so that training-mode BatchNorm starts from the pretrained function")
-  return estimate_batch_norm_statistics(model.clone(kernels="xla"), variables, batches)
+  plain = model.clone(conv_norm_act=ConvNormAct)   # nn.BatchNorm modules whose outputs are read
+  return estimate_batch_norm_statistics(plain, variables, batches)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict | dict, workdir: str) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from mobilenet_jax.train.metrics import METRICS_FILE, read_metrics
 CONFIG_FILE = "config.json"
 # Fields whose change makes the checkpoint mean something else (prefixes end with ".").
 REFUSED_CHANGES = ("model.", "resolution", "dataset.name", "dataset.train_split",
-                   "dataset.normalization", "optimizer.name")
+                   "dataset.normalization", "optimizer.name", "trainable")
 # Model options that choose an implementation, not the network (same weights, same function).
-IMPLEMENTATION_OPTIONS = ("model.kernels",)
+IMPLEMENTATION_OPTIONS = ("model.compute",)
 
 
 class ConfigChangedError(ValueError):
@@ -44,7 +44,6 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _refused(key: str, old: Any, new: Any, missing: object) -> bool:
   if missing in (old, new) or key in IMPLEMENTATION_OPTIONS:  # a field one version lacks
-    return False
     return False
   if key == "ema_decay":  # EMA on <-> off: the state gains or loses its EMA copy
     return bool(old) != bool(new)

@@ -32,6 +32,8 @@ def load(path_or_source: PathLike, *, weights_file: Optional[PathLike] = None,
   """Reads weights from any of:
 
   - a checkpoint directory (`python -m mobilenet_jax.convert`, `pretrained.save_pretrained`);
+  - a training run's workdir (`python -m mobilenet_jax.main`): its latest checkpoint (the moving
+    average when the run kept one), with the run's own evaluation preprocessing;
   - a `.tflite` file: a released TFLite MobileNet (converted to our model, `convert.from_tflite`),
     or one exported by `python -m mobilenet_jax.export` (`model` None: LiteRT runs it);
   - a converter source "keras:NAME", "torchvision:NAME", "timm:NAME" or "tflite" with its
@@ -45,7 +47,9 @@ def load(path_or_source: PathLike, *, weights_file: Optional[PathLike] = None,
   target = os.fspath(path_or_source)
   if weights_file is None:
     if os.path.isdir(target):
-      return _from_checkpoint(target)
+      from mobilenet_jax.weights.training_run import is_training_run
+
+      return _from_training_run(target) if is_training_run(target) else _from_checkpoint(target)
     if target.startswith(SOURCE_KINDS) or target == "tflite":
       raise ValueError(f"source {target} reads a weight file: give it as weights_file "
                        "(--weights on the command line)")
@@ -76,6 +80,16 @@ def _from_checkpoint(directory: str) -> Loaded:
   model, variables = model_and_variables(checkpoint)
   return Loaded(model, variables, checkpoint.recipe, checkpoint.recipe_source,
                 f"{checkpoint.model_name} {checkpoint.options}", directory)
+
+
+def _from_training_run(directory: str) -> Loaded:
+  from mobilenet_jax.weights.checkpoint import Checkpoint, model_and_variables
+  from mobilenet_jax.weights.training_run import read_training_run
+
+  name, options, variables, recipe, step = read_training_run(directory)
+  how = "the run's own evaluation (config.json)"
+  model, variables = model_and_variables(Checkpoint(directory, name, options, variables, recipe, how))
+  return Loaded(model, variables, recipe, how, f"{name} {options} (training step {step})", directory)
 
 
 def _from_tflite(path: str, keep_background: bool) -> Loaded:
