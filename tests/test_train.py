@@ -145,11 +145,18 @@ def test_eval_only_scores_the_latest_checkpoint(run):
     assert result[key] == pytest.approx(evaluation[key], rel=1e-6)
 
 
-def test_resume_then_non_finite_update_stops_without_a_nan_checkpoint(run):
-  """Running again resumes at step 3; a NaN learning rate makes step 4's update non-finite."""
+def test_resume_then_non_finite_update_stops_without_a_nan_checkpoint(run, monkeypatch):
+  """Running again resumes at step 3; NaN images make step 4's update non-finite (a NaN learning
+  rate is refused before compiling: test_reliability_errors.py)."""
+  create = data.create_train_iterator
+
+  def nan_in_first_batch(*args, **kwargs):
+    for n, batch in enumerate(create(*args, **kwargs), 1):
+      yield {**batch, "image": np.full_like(batch["image"], np.nan)} if n == 1 else batch
+
+  monkeypatch.setattr(data, "create_train_iterator", nan_in_first_batch)
   config = run["config"].copy_and_resolve_references()
   config.num_train_steps = 5
-  config.schedule.learning_rate = float("nan")
   with pytest.raises(FloatingPointError, match="at step 4"):
     train.train_and_evaluate(config, run["workdir"])
   manager = ocp.CheckpointManager(os.path.join(run["workdir"], "checkpoints"))

@@ -4,6 +4,8 @@
     python -m mobilenet_jax.data.benchmark --dataset=imagenet2012 --resolution=224 --batch=128 \
         --data_dir=/path/to/tensorflow_datasets
     python -m mobilenet_jax.data.benchmark --synthetic_jpeg=500x375 --resolution=224 --batch=128
+    python -m mobilenet_jax.data.benchmark --dataset=folder --data_dir=cifar10-jpeg.tar.gz \
+        --augment=pad_crop_flip --resolution=112 --epochs=2     # configs/finetune.py's input
 
 `--synthetic_jpeg=WxH` times the ImageNet train/eval preprocessing (fused JPEG decode + Inception crop +
 resize + flip, or centre crop) on one in-memory JPEG of that size (ImageNet's average is about 400x350),
@@ -59,12 +61,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--synthetic_jpeg", default=None, help="WxH: time ImageNet preprocessing only")
+  parser.add_argument("--augment", default="auto", help="config.dataset.augment (e.g. pad_crop_flip, "
+                      "configs/finetune.py's)")
+  parser.add_argument("--epochs", type=float, default=0.0, help="time this many epochs of the train "
+                      "split instead of --steps (the first decodes and caches, later ones read the cache)")
   args = parser.parse_args(argv)
 
   from mobilenet_jax import data  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict({"dataset": data.default_dataset_config(),
                                       "resolution": args.resolution})
-  config.dataset.update(name=args.dataset, data_dir=args.data_dir)
+  config.dataset.update(name=args.dataset, data_dir=args.data_dir, augment=args.augment)
   if args.synthetic_jpeg:
     width, height = (int(v) for v in args.synthetic_jpeg.lower().split("x"))
     train, evaluate = _synthetic_jpeg_iterators(width, height, config, args.batch)
@@ -75,7 +81,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     evaluate = iter(())
     label = args.dataset
 
-  results = {"train_images_per_s": _time(train, args.steps, args.batch)}
+  if args.epochs > 0:
+    per_epoch = data.dataset_info(config).num_train_examples // args.batch
+    results = {}
+    for epoch in range(int(np.ceil(args.epochs))):
+      key = f"train_images_per_s(epoch {epoch + 1})"
+      results[key] = _time(train, per_epoch - (epoch == 0), args.batch)
+  else:
+    results = {"train_images_per_s": _time(train, args.steps, args.batch)}
   if args.synthetic_jpeg:
     results["eval_images_per_s"] = _time(evaluate, args.steps, args.batch)
   else:
