@@ -3,7 +3,7 @@
 Reference data only (no code): `experiments/paper_tables.py` prints it beside our counts and the tests
 check our counts against it. MAdds are in millions for one image; params are exact trainable counts
 (convolutions, dense layers with biases, BatchNorm gamma/beta; 1000 classes) of Keras applications,
-which load the released TF checkpoints (ANCHORS-models.md section 4).
+which load the released TF checkpoints (keras.applications' MobileNet, MobileNetV2 and MobileNetV3).
 
 How the sources print MAdds matters when comparing small models: the V1 paper and the TF-slim V1
 table round to whole millions; the TF-slim V2 table truncates (e.g. 18.89M is printed as 18).

@@ -193,15 +193,26 @@ def test_truncated_tflite_file(tiny_tflite, checkpoint, tmp_path, capsys):
   one_error_line(capsys, "cut.tflite is truncated or damaged")
 
 
+class _Forged:
+  """Metadata JSON that no export writes (add_metadata stores what `to_json` returns)."""
+
+  def __init__(self, values):
+    self.values = values
+
+  def to_json(self) -> bytes:
+    return json.dumps(self.values).encode()
+
+
 def test_forged_export_metadata(tiny_tflite, checkpoint, tmp_path, capsys):
-  from mobilenet_jax.export.tflite_metadata import add_metadata
+  from mobilenet_jax.convert.tflite_metadata import add_metadata
 
   forged = tmp_path / "forged.tflite"
-  forged.write_bytes(add_metadata(tiny_tflite.read_bytes(), {"description": "x", "input": "uint8"}))
+  forged.write_bytes(add_metadata(tiny_tflite.read_bytes(),
+                                  _Forged({"description": "x", "input": "uint8", "resolution": 32})))
   assert evaluate.main([f"--weights={forged}", f"--images={checkpoint / 'photos'}",
                         "--runtime=litert"]) == 1
   one_error_line(capsys, "forged.tflite", "export the weights again")
-  forged.write_bytes(add_metadata(tiny_tflite.read_bytes(), {"preprocessing": [1]}))
+  forged.write_bytes(add_metadata(tiny_tflite.read_bytes(), _Forged({"preprocessing": [1]})))
   assert evaluate.main([f"--weights={forged}", f"--images={checkpoint / 'photos'}"]) == 1
   one_error_line(capsys, "forged.tflite: the mobilenet_jax metadata", "damaged")
 

@@ -59,6 +59,14 @@ def _key(text: str) -> str:
   return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
+_READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _unreadable(archive: str, error: BaseException) -> ValueError:
+  return ValueError(f"dataset archive {archive} cannot be extracted ({type(error).__name__}: "
+                    f"{error}); it may be truncated or not an archive: make it again")
+
+
 def _declared_size(archive: str) -> int:
   """The sum of the members' uncompressed sizes, as the archive declares them (a tar's are exact;
   zipfile never writes past a member's declared size)."""
@@ -71,7 +79,10 @@ def _declared_size(archive: str) -> int:
 
 def _check_size(archive: str, directory: str) -> None:
   limit = float(os.environ.get(MAX_EXPANSION_ENV) or MAX_EXPANSION)
-  size = _declared_size(archive)
+  try:
+    size = _declared_size(archive)
+  except _READ_ERRORS as e:
+    raise _unreadable(archive, e) from None
   compressed = os.path.getsize(archive)
   free = shutil.disk_usage(directory).free
   if size > limit * max(compressed, 1):
@@ -131,9 +142,8 @@ def extracted_folder(archive: str, cache_dir: str | None = None) -> str:
       else:
         with tarfile.open(archive) as tar:
           tar.extractall(scratch, filter="data")  # no absolute paths, links out or device files
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile, zlib.error) as e:
-      raise ValueError(f"dataset archive {archive} cannot be extracted ({type(e).__name__}: {e}); "
-                       "it may be truncated or not an archive: make it again") from None
+    except _READ_ERRORS as e:
+      raise _unreadable(archive, e) from None
     try:
       os.rename(scratch, target)
     except OSError:  # another process finished first: use its copy

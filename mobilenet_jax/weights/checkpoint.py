@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from mobilenet_jax.data.eval_recipes import EvalRecipe
@@ -29,9 +30,12 @@ def read_checkpoint(directory: str) -> Checkpoint:
   from mobilenet_jax.pretrained import load_pretrained, read_model_file
 
   meta = read_model_file(directory)
-  recipe, how = recorded_or_assumed(meta.get("preprocessing"),
-                                    meta["options"].get("padding", "same"), DEFAULT_RESOLUTION,
-                                    "model.json")
+  try:
+    recipe, how = recorded_or_assumed(meta.get("preprocessing"),
+                                      meta["options"].get("padding", "same"), DEFAULT_RESOLUTION,
+                                      "model.json")
+  except ValueError as e:   # "model.json: its recorded preprocessing is damaged ..."
+    raise ValueError(os.path.join(directory, str(e))) from None
   name, options, variables = load_pretrained(directory)
   return Checkpoint(directory, name, options, variables, recipe, how)
 

@@ -104,7 +104,10 @@ def _from_tflite(path: str, keep_background: bool) -> Loaded:
   if info is not None:
     from mobilenet_jax.weights.exported import read_exported
 
-    exported, recipe, how = read_exported(data, info)
+    try:
+      exported, recipe, how = read_exported(data, info)
+    except ValueError as e:   # metadata that no export writes
+      raise ValueError(f"{path}: {e}") from None
     return Loaded(None, None, recipe, how, f"{info.description} (exported by mobilenet_jax)",
                   path, exported)
   from mobilenet_jax.convert.tflite_source import convert_tflite_file
