@@ -30,6 +30,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ("convert", "finetune", "linear_probe", "scratch", "int8")
+# A published transfer figure to put ours beside (its conditions as the source states them).
+PUBLISHED = {
+    "top1": 0.957,
+    "what": "torchvision's ImageNet MobileNetV2 1.0 fine-tuned on CIFAR-10 (model ranking benchmark "
+            "of LogME, You et al., ICML 2021), images resized to 224x224; epochs not stated",
+    "source": "https://github.com/thuml/Transfer-Learning-Library/blob/master/examples/"
+              "model_selection/README.md",
+}
 
 
 def _python(*args: str) -> list[str]:
@@ -62,6 +70,12 @@ def _elapsed(records: list[dict], step: int) -> float | None:
   return times[-1] if times else None
 
 
+def _shown(command: list[str], extracted: str = "") -> str:
+  """The command as a user types it: `python`, and the archive's extraction folder as `CIFAR10`."""
+  text = shlex.join(["python", *command[1:]] if command[0] == sys.executable else command)
+  return text.replace(extracted, "CIFAR10") if extracted else text
+
+
 def _run(command: list[str], log: str) -> float:
   """Runs `command` with its output in `log`; its wall time in seconds."""
   print("$", shlex.join(command), flush=True)
@@ -82,6 +96,8 @@ def main() -> None:
   parser.add_argument("--lr", type=float, default=0.003, help="fine-tune peak lr per 64 images")
   parser.add_argument("--scratch_lr", type=float, default=0.05)
   parser.add_argument("--steps", default=",".join(STEPS))
+  parser.add_argument("--trials", default="", help="comma-separated workdirs of other runs (e.g. "
+                      "another learning rate) whose evaluations to record beside, read only")
   parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results",
                                                     "finetune_cifar10.json"))
   args = parser.parse_args()
@@ -107,21 +123,26 @@ def main() -> None:
                          "--config.optimizer.weight_decay=4e-5", *eval_every,
                          f"--workdir={work}/scratch"),
   }
+  convert = _python("-m", "mobilenet_jax.convert", "--source=tflite", f"--weights={args.tflite}",
+                    f"--out={checkpoint}")
   if "convert" in steps and not os.path.isdir(checkpoint):
-    command = _python("-m", "mobilenet_jax.convert", "--source=tflite", f"--weights={args.tflite}",
-                      f"--out={checkpoint}")
-    _run(command, log)
-    commands["convert"] = shlex.join(command)
+    _run(convert, log)
+  commands["convert"] = _shown(convert)
   for name, command in runs.items():
     if name not in steps:
       continue
     run_dir = os.path.join(work, name)
     found = _final_eval(run_dir)
     if not (found and found["final"]):
-      wall = _run(command, log)
-      results[f"{name}_wall_s"] = round(wall, 1)
+      results[f"{name}_wall_s"] = round(_run(command, log), 1)
+      results[f"{name}_wall_from"] = "the command's wall time"
       found = _final_eval(run_dir)
-    commands[name] = shlex.join(command)
+    elif f"{name}_wall_s" not in results:   # a run made by hand: its own clock
+      results[f"{name}_wall_s"] = round(found["final"].get("elapsed_s") or
+                                        found["curve"][-1]["elapsed_s"] or 0, 1)
+      results[f"{name}_wall_from"] = ("metrics.jsonl elapsed_s: from the training loop's start, "
+                                      "evaluations included, the process's start-up not")
+    commands[name] = _shown(command)
     results[f"{name}_top1"] = found["final"]["eval_top1"]
     results[f"{name}_curve"] = found["curve"]
   if "int8" in steps:
@@ -143,9 +164,11 @@ def main() -> None:
                         f"--images={root}/test", f"--runtime={runtime}", f"--json={out}")
       if not os.path.isfile(out):
         _run(command, log)
-      commands[f"evaluate_{kind}"] = shlex.join(command)
+      commands[f"evaluate_{kind}"] = _shown(command, root)
       scores[kind] = json.load(open(out))
-    commands["export_int8"] = shlex.join(export)
+    commands["export_int8"] = _shown(export, root)
+    commands["CIFAR10"] = ("the folder --data extracts to: python -c \"from mobilenet_jax.data import "
+                           f"archive; print(archive.folder_root('{args.data}'))\"")
     results["int8_file_bytes"] = os.path.getsize(int8_file)
     results["evaluate_json"] = {k: {key: v[key] for key in v if not isinstance(v[key], list)}
                                 for k, v in scores.items()}
@@ -154,6 +177,13 @@ def main() -> None:
     float_top = {i["path"]: i["top5"][0] for i in scores["float_jax"]["images"]}
     same = [i["top5"][0] == float_top[i["path"]] for i in scores["int8_litert"]["images"]]
     results["int8_agreement_with_float"] = sum(same) / len(same)
+  for trial in filter(None, args.trials.split(",")):
+    config = json.load(open(os.path.join(trial, "config.json")))
+    found = _final_eval(trial) or {"curve": []}
+    results.setdefault("trials", {})[os.path.basename(trial)] = {
+        "resolution": config["resolution"], "peak_learning_rate_per_64": config["schedule"]["learning_rate"],
+        "epochs": config["num_epochs"], "curve": found["curve"]}
+  results["published"] = PUBLISHED
   results.update(
       float_top1=results.get("finetune_top1"), linear_probe_top1=results.get("linear_probe_top1"),
       scratch_top1=results.get("scratch_top1"),

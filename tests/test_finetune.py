@@ -18,7 +18,7 @@ import pytest
 from flax import traverse_util
 
 import mobilenet_jax as mj
-from mobilenet_jax import pretrained, train
+from mobilenet_jax import pretrained, train, weights
 from mobilenet_jax.train.batch_norm_statistics import estimate_batch_norm_statistics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -105,6 +105,12 @@ def test_linear_probe_on_digits_trains_only_a_new_classifier(tmp_path, capsys):
       np.testing.assert_array_equal(stats[key], value, err_msg=key)
   assert not np.array_equal(_flat(first["params"])["classifier/kernel"],
                             _flat(last["params"])["classifier/kernel"])
+  # The run's workdir is weights for export and evaluate: its latest checkpoint, its eval images.
+  loaded = weights.load(str(workdir))
+  assert (loaded.recipe.resolution, loaded.recipe.normalization) == (32, "imagenet")
+  assert (loaded.recipe.style, loaded.recipe.crop_fraction) == ("training", 1.0)   # digits: whole
+  for key, value in _flat(last["params"]).items():
+    np.testing.assert_array_equal(_flat(loaded.variables["params"])[key], value, err_msg=key)
   # SGD momentum: one trace per trainable leaf, nothing for the frozen ones.
   classifier_size = sum(v.size for k, v in saved_params.items() if k.startswith("classifier/")) \
       // 5 * 10

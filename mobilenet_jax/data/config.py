@@ -17,6 +17,9 @@ PIXEL_NORMALIZATIONS = {
     "inception": ((127.5,) * 3, (127.5,) * 3),
     "unit": ((0.0,) * 3, (255.0,) * 3),
 }
+# Datasets of digits/characters: "auto" augmentation translates them and never flips them.
+NO_FLIP_DATASETS = frozenset({"digits", "mnist", "emnist", "kmnist", "svhn_cropped",
+                              "binary_alpha_digits", "fashion_mnist"})
 RESIZE_METHODS = ("bilinear", "bicubic", "nearest", "area", "lanczos3", "lanczos5", "gaussian",
                   "mitchellcubic")
 

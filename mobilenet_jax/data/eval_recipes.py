@@ -11,6 +11,10 @@ Accuracy of a released checkpoint depends on feeding it images prepared as its a
   floor(resolution / crop_pct) = 256 at 224), antialiased, then centre-crop resolution x resolution;
   ImageNet mean/std, or the inception 0.5/0.5 for timm's `tf_*` ports and V1.
 
+- "training" (weights this project trained, read from their training workdir): the trainer's own
+  evaluation (`data/preprocess.eval_image`): the whole image, or its central `crop_fraction` of the
+  shorter side for natural-image augmentation, resized with `tf.image.resize` (half-pixel centres).
+
 `EvalRecipe.to_dict()` is stored in a converted checkpoint's model.json so that evaluating it later
 prepares images the same way.
 """
@@ -24,17 +28,19 @@ import numpy as np
 
 from mobilenet_jax.data.config import NORMALIZATIONS
 
-STYLES = ("central_crop", "resize_crop")
+STYLES = ("central_crop", "resize_crop", "training")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalRecipe:
-  style: str                       # "central_crop" (TF-slim) or "resize_crop" (torchvision, timm)
+  style: str                       # "central_crop" (TF-slim), "resize_crop" (torchvision, timm) or
+                                   # "training" (this project's trainer: data/preprocess.eval_image)
   resolution: int                  # side of the square the network sees
   normalization: str               # "inception", "imagenet" or "unit" (data.preprocess.normalize)
-  crop_fraction: float = 0.875     # central_crop: fraction of each side kept
+  crop_fraction: float = 0.875     # central_crop: fraction of each side kept; training: of the
+                                   # shorter side (1: the whole image, squeezed to a square)
   resize_size: Optional[int] = None  # resize_crop: shorter side before the centre crop
-  interpolation: str = "bilinear"  # resize_crop: "bilinear" or "bicubic"
+  interpolation: str = "bilinear"  # resize_crop, training: tf.image.resize's method
 
   def __post_init__(self):
     if self.style not in STYLES:
@@ -62,7 +68,10 @@ class EvalRecipe:
       raise ValueError(f"bad eval recipe {dict(values)}: {e}") from None
 
   def describe(self) -> str:
-    if self.style == "central_crop":
+    if self.style == "training":
+      how = (f"the trainer's evaluation ({'whole image' if self.crop_fraction == 1 else f'centre crop {self.crop_fraction:g}'}, "
+             f"{self.interpolation} resize)")
+    elif self.style == "central_crop":
       how = f"central crop {self.crop_fraction:g} of each side, bilinear resize"
     else:
       how = (f"{self.interpolation} resize of the shorter side to {self.resize_size}, centre crop")
@@ -96,6 +105,11 @@ def prepare(image, recipe: EvalRecipe):
   from mobilenet_jax.data import preprocess
 
   image = tf.convert_to_tensor(image)
+  if recipe.style == "training":   # what the run that made the weights evaluated on
+    return preprocess.eval_image(
+        image, crop_fraction=None if recipe.crop_fraction == 1 else recipe.crop_fraction,
+        resolution=recipe.resolution, method=recipe.interpolation, antialias=True,
+        normalization=recipe.normalization)
   if recipe.style == "central_crop":
     image = tf.image.central_crop(tf.cast(image, tf.float32), recipe.crop_fraction)
     image = tf.raw_ops.ResizeBilinear(images=image[None], size=[recipe.resolution] * 2,

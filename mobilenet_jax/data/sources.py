@@ -20,10 +20,8 @@ import tensorflow_datasets as tfds
 from mobilenet_jax.data import digits  # noqa: F401  (registers the `digits` TFDS builder)
 from mobilenet_jax.data import folder, preprocess
 from mobilenet_jax.data.base import DatasetNotReadyError, Source  # noqa: F401  (re-exported)
+from mobilenet_jax.data.config import NO_FLIP_DATASETS
 
-# Datasets of digits/characters: "auto" augmentation translates them and never flips them.
-NO_FLIP_DATASETS = frozenset({"digits", "mnist", "emnist", "kmnist", "svhn_cropped",
-                              "binary_alpha_digits", "fashion_mnist"})
 # Files the user must download for the manual-download datasets we know by name (TFDS builders).
 MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
 DATA_DIR_HELP = ("config.dataset.data_dir (None: $TFDS_DATA_DIR, else ~/tensorflow_datasets; "

@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any, Optional
 
+from mobilenet_jax.data.config import NO_FLIP_DATASETS
 from mobilenet_jax.data.eval_recipes import EvalRecipe
 
 CONFIG_FILE = "config.json"
@@ -39,10 +40,13 @@ def eval_recipe(config: dict[str, Any]) -> EvalRecipe:
   """How the run with this `config.json` prepared its evaluation images (data/pipeline.py): the
   whole image resized, or its central `crop_fraction` for natural-image (inception) augmentation."""
   dataset = config.get("dataset", {})
-  natural = str(dataset.get("augment", "auto")).startswith(("inception_crop", "auto"))
+  augment = str(dataset.get("augment", "auto"))
+  if augment == "auto":   # as data/sources.py resolves it
+    augment = "pad_crop" if dataset.get("name") in NO_FLIP_DATASETS else "inception_crop_flip"
+  natural = augment.startswith("inception_crop")
   crop = float(dataset.get("crop_fraction") or 0.875) if natural else 1.0
-  return EvalRecipe("central_crop", int(config["resolution"]),
-                    dataset.get("normalization") or "imagenet", crop_fraction=crop)
+  return EvalRecipe("training", int(config["resolution"]), dataset.get("normalization") or "imagenet",
+                    crop_fraction=crop, interpolation=dataset.get("resize_method") or "bilinear")
 
 
 def read_training_run(directory: str, ema: Optional[bool] = None
@@ -51,6 +55,7 @@ def read_training_run(directory: str, ema: Optional[bool] = None
   the latest checkpoint in `directory`; `ema` None: the moving average when the run kept one."""
   import orbax.checkpoint as ocp
 
+  directory = os.path.abspath(directory)   # Orbax restores absolute paths only
   with open(os.path.join(directory, CONFIG_FILE)) as f:
     config = json.load(f)
   step = _latest_step(directory)
