@@ -235,6 +235,7 @@ def test_round_trip_convert_cli_init_from_gives_the_same_logits(tmp_path):
   evaluation on the held-out digits equals the PyTorch model's on the same images."""
   from safetensors.torch import save_file
   from mobilenet_jax import data, train
+  from mobilenet_jax.train import init_from
 
   reference = build_torch("timm", "tf_mobilenetv3_small_minimal_100", {"num_classes": 10}, 32)
   weights, out = tmp_path / "model.safetensors", tmp_path / "converted"
@@ -251,7 +252,10 @@ def test_round_trip_convert_cli_init_from_gives_the_same_logits(tmp_path):
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
 
   losses, correct = [], []
-  for batch in data.create_eval_iterator(config, local_batch_size=64):
+  # The job feeds the images the weights expect (model.json records timm's inception mean/std).
+  resolved = init_from.resolve_config(config).config
+  assert resolved.dataset.normalization == "inception"
+  for batch in data.create_eval_iterator(resolved, local_batch_size=64):
     logits = torch_logits(reference, batch["image"])[batch["mask"]]
     labels = batch["label"][batch["mask"]]
     losses.append(torch.nn.functional.cross_entropy(torch.from_numpy(logits),

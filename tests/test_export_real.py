@@ -110,6 +110,7 @@ def test_real_v2_int8_uint8_input(tmp_path):
   path = DATA / "tflite" / INT8_MODEL
   assert main([f"--weights={path}", "--format=tflite-int8", f"--out={out}",
                f"--calibration={DATA / 'imagenet-sample-100'}", "--calibration_images=32",
+               "--allow_few_calibration_images",
                "--input=uint8"]) == 0
   w = weights(path.name)
   photos, _ = list_images(str(DATA / "photos"))
