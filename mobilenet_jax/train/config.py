@@ -90,14 +90,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-DEFAULT_MODEL = "mobilenet_v2"
-
-
-def model_name(config: ml_collections.ConfigDict) -> str:
-  """`config.model.name`, or the default network when it is None (and no checkpoint named one)."""
-  return config.model.name or DEFAULT_MODEL
-
-
 def _flat_keys(config: Any, prefix: str = "") -> dict[str, Any]:
   out = {}
   for key, value in config.items():
@@ -165,8 +157,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
   if config.trainable != "all" and not config.init_from:
     raise ValueError(f"trainable={config.trainable!r} freezes the network, which only makes sense "
                      "for pretrained weights: set init_from, or trainable=all")
-  if model_name(config) not in mobilenet_jax.list_models():
-    raise ValueError(f"unknown model.name {model_name(config)!r}; valid: "
+  if state.model_name(config) not in mobilenet_jax.list_models():
+    raise ValueError(f"unknown model.name {state.model_name(config)!r}; valid: "
                      f"{', '.join(mobilenet_jax.list_models())}")
   try:  # create_model checks every model option
     model = state.create_model(config, num_classes=1)

@@ -21,7 +21,7 @@ from mobilenet_jax.models.layers import ConvNormAct
 from mobilenet_jax.train import init_from, optim, resumption, sharding, steps
 from mobilenet_jax.train import state as state_lib
 from mobilenet_jax.train.checkpointing import Checkpointer
-from mobilenet_jax.train.config import complete_config, model_name, validate_config
+from mobilenet_jax.train.config import complete_config, validate_config
 from mobilenet_jax.train.metrics import MetricWriter, Progress
 from mobilenet_jax.train.workdir_lock import WorkdirLock
 
@@ -55,7 +55,7 @@ def _lock_workdir(workdir: str) -> WorkdirLock:
 
 def _model_meta(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
   options = {k: v for k, v in config.model.to_dict().items() if k != "name" and v is not None}
-  return {"model": model_name(config), "options": {**options, "num_classes": num_classes},
+  return {"model": state_lib.model_name(config), "options": {**options, "num_classes": num_classes},
           "resolution": config.resolution, "bn_group_size": config.bn_group_size}
 
 

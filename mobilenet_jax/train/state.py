@@ -14,7 +14,6 @@ import optax
 import mobilenet_jax
 from mobilenet_jax.models.initialization import TracedInit, trace_init
 from mobilenet_jax.models.norm import GroupedBatchNorm
-from mobilenet_jax.train.config import model_name
 
 
 @flax.struct.dataclass
@@ -37,6 +36,14 @@ class TrainState:
     if ema:
       return {"params": self.ema_params, "batch_stats": self.ema_batch_stats}
     return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+DEFAULT_MODEL = "mobilenet_v2"
+
+
+def model_name(config: ml_collections.ConfigDict) -> str:
+  """`config.model.name`, or the default network when it is None (and no checkpoint named one)."""
+  return config.model.name or DEFAULT_MODEL
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
