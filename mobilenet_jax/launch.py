@@ -26,7 +26,6 @@ a local launch talk to each other only.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import signal
@@ -95,16 +94,23 @@ GLOO_CONNECTED = re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-  """A `preexec_fn`: the child gets SIGKILL when the process that started it ends (Linux)."""
-  def preexec() -> None:
-    try:
-      ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the launcher's signal forwarding only
-      return
-    if os.getppid() != parent_pid:  # the parent died before prctl: nobody would kill this one
-      os._exit(1)
-  return preexec
+# Run first in each child, a fresh interpreter with no threads, then replaced by the job (execv keeps
+# the death signal): a `preexec_fn` would run Python between fork and exec in the launcher, which is
+# unsafe once the launcher's process has threads (JAX's).
+_DIE_WITH_PARENT = "\n".join((
+    "import ctypes, os, signal, sys",
+    "try:",
+    f"  ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGKILL)",
+    "except (OSError, AttributeError):",   # not Linux: the launcher's signal forwarding only
+    "  pass",
+    "if os.getppid() != int(sys.argv[1]):",  # the launcher died before prctl: nobody would kill it
+    "  os._exit(1)",
+    "os.execv(sys.argv[2], sys.argv[2:])"))
+
+
+def _dying_with_this_process(command: list[str]) -> list[str]:
+  """`command`, run so that the kernel kills it when this process ends (Linux PR_SET_PDEATHSIG)."""
+  return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 def start(main_args: Sequence[str], *, processes: int, devices_per_process: int,
@@ -119,10 +125,10 @@ def start(main_args: Sequence[str], *, processes: int, devices_per_process: int,
   procs = []
   try:
     for i in range(processes):
+      command = process_command(main_args, i, processes, port, heartbeat_timeout_s, main_module)
       procs.append(subprocess.Popen(
-          process_command(main_args, i, processes, port, heartbeat_timeout_s, main_module),
-          env=env, cwd=cwd, stdout=output(i), stderr=subprocess.STDOUT if output(i) else None,
-          text=True, start_new_session=True, preexec_fn=_die_with_parent(os.getpid())))
+          _dying_with_this_process(list(command)), env=env, cwd=cwd, stdout=output(i),
+          stderr=subprocess.STDOUT if output(i) else None, text=True, start_new_session=True))
   except BaseException:
     kill(procs)
     raise
