@@ -442,27 +442,15 @@ def jax_model(name: str):
 
 
 def jax_train_step(model: Any):
-  """(init_state, step): SGD momentum, softmax cross-entropy, BatchNorm in train mode, dropout on."""
+  """(init_state, step): SGD momentum, softmax cross-entropy, BatchNorm in train mode, dropout on
+  (the CPU benchmark's step, `mobilenet_jax.tools.jax_runners.sgd_train_step`)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+  from mobilenet_jax.tools.jax_runners import sgd_train_step  # pylint: disable=g-import-not-at-top
+  tx, step = sgd_train_step(model, LEARNING_RATE, MOMENTUM)
 
   def init_state(variables):
     return variables["params"], variables["batch_stats"], tx.init(variables["params"])
 
-  def step(state, images, labels, key):
-    params, batch_stats, opt_state = state
-
-    def loss_fn(params):
-      logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                    train=True, mutable=["batch_stats"], rngs={"dropout": key})
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-      return loss.mean(), updates["batch_stats"]
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
   return init_state, jax.jit(step, donate_argnums=0)
 
 

@@ -5,37 +5,24 @@ same batches through tfds `cifar10` and through the folder."""
 import collections
 import os
 import pathlib
-import tarfile
+import sys
 
 import pytest
 
 from mobilenet_jax.data import archive, folder
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cifar_archive import CLASSES  # noqa: E402
+from cifar_archive import cifar_subset as write_cifar_subset  # noqa: E402
 
-CIFAR_ARCHIVE = ROOT / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_CLASS = {"train": 3, "test": 2}
 
 
 @pytest.fixture(scope="module")
 def cifar_subset(tmp_path_factory):
   """cifar10/{train,test}/<class>/*.jpg: the first PER_CLASS files of each class and split."""
-  if not CIFAR_ARCHIVE.is_file():
-    pytest.skip(f"the CIFAR-10 JPEG archive is not beside the project ({CIFAR_ARCHIVE})")
   out = tmp_path_factory.mktemp("cifar") / "cifar10-subset.tar.gz"
-  kept = collections.Counter()
-  with tarfile.open(CIFAR_ARCHIVE) as src, tarfile.open(out, "w:gz") as dst:
-    for member in src:
-      parts = pathlib.PurePosixPath(member.name).parts
-      if member.isfile() and len(parts) == 4 and parts[1] in PER_CLASS:
-        key = parts[1:3]
-        if kept[key] < PER_CLASS[parts[1]]:
-          kept[key] += 1
-          dst.addfile(member, src.extractfile(member))
-      if sum(kept.values()) == sum(PER_CLASS.values()) * len(CLASSES):
-        break
-  return out, kept
+  return out, write_cifar_subset(out, PER_CLASS)
 
 
 def test_folder_source_reads_the_cifar10_archive(cifar_subset, tmp_path):

@@ -4,12 +4,10 @@ and no optimizer state, BatchNorm statistics as loaded), and BatchNorm statistic
 whose BatchNorm was folded (TFLite files), on the digits and on real CIFAR-10 images with a released
 MobileNetV2."""
 
-import collections
 import os
 import pathlib
 import subprocess
 import sys
-import tarfile
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +24,11 @@ sys.path.insert(0, str(ROOT))  # `configs` is a top-level folder of the reposito
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS)
 import fast_compile  # noqa: E402
+from cifar_archive import cifar_subset  # noqa: E402
 from job_runs import read_state  # noqa: E402
 from multidevice_script import tiny_config  # noqa: E402
 
 SHARED = ROOT / ".." / "shared" / "data"
-CIFAR_ARCHIVE = SHARED / "cifar10-jpeg.tar.gz"
 RELEASED_V2 = SHARED / "tflite" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 INCEPTION = {"style": "central_crop", "resolution": 224, "normalization": "inception",
              "crop_fraction": 0.875, "resize_size": None, "interpolation": "bilinear"}
@@ -167,20 +165,8 @@ def test_measured_statistics_keep_the_inference_function_and_fit_training_mode()
 @pytest.fixture(scope="module")
 def cifar_slice(tmp_path_factory):
   """cifar10/{train,test}/<class>/*.jpg: a few real CIFAR-10 JPEGs of each class."""
-  if not CIFAR_ARCHIVE.is_file():
-    pytest.skip(f"the CIFAR-10 JPEG archive is not beside the project ({CIFAR_ARCHIVE})")
-  per_class = {"train": 4, "test": 2}
   out = tmp_path_factory.mktemp("cifar") / "cifar10-slice.tar.gz"
-  kept = collections.Counter()
-  with tarfile.open(CIFAR_ARCHIVE) as src, tarfile.open(out, "w:gz") as dst:
-    for member in src:
-      parts = pathlib.PurePosixPath(member.name).parts
-      if member.isfile() and len(parts) == 4 and parts[1] in per_class:
-        if kept[parts[1:3]] < per_class[parts[1]]:
-          kept[parts[1:3]] += 1
-          dst.addfile(member, src.extractfile(member))
-      if sum(kept.values()) == sum(per_class.values()) * 10:
-        break
+  cifar_subset(out, {"train": 4, "test": 2})
   return out
 
 

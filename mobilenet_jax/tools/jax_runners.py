@@ -88,11 +88,27 @@ def jax_runner(name: str, mode: str, batch: int, resolution: int, dtype: str,
     return Runner(lambda: compiled(variables, images).block_until_ready(), compile_s,
                   _compiled_peak_bytes(compiled), _lowered_flops(lowered), note)
 
-  import optax  # pylint: disable=g-import-not-at-top
-  tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+  tx, train_step = sgd_train_step(model, LEARNING_RATE, MOMENTUM)
   labels = jnp.asarray(rng.integers(0, NUM_CLASSES, batch), jnp.int32)
+  params = jax.tree.map(jnp.copy, variables["params"])  # the step donates them; keep the cache
+  state = [(params, jax.tree.map(jnp.copy, variables["batch_stats"]), tx.init(params))]
+  key = jax.random.key(1)
+  compiled, compile_s, lowered = _compile(train_step, state[0], images, labels, key, donate=(0,))
 
-  def train_step(state, images, labels, key):
+  def step():
+    state[0], loss = compiled(state[0], images, labels, key)
+    loss.block_until_ready()
+  return Runner(step, compile_s, _compiled_peak_bytes(compiled), _lowered_flops(lowered))
+
+
+def sgd_train_step(model: Any, learning_rate: float, momentum: float):
+  """(tx, step): optax SGD with momentum, and the benchmarks' training step, not jitted:
+  `step((params, batch_stats, opt_state), images, labels, key) -> (state, loss)` with softmax
+  cross-entropy, BatchNorm in train mode and dropout on."""
+  import optax  # pylint: disable=g-import-not-at-top
+  tx = optax.sgd(learning_rate, momentum=momentum)
+
+  def step(state, images, labels, key):
     params, batch_stats, opt_state = state
 
     def loss_fn(params):
@@ -104,16 +120,7 @@ def jax_runner(name: str, mode: str, batch: int, resolution: int, dtype: str,
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
-
-  params = jax.tree.map(jnp.copy, variables["params"])  # the step donates them; keep the cache
-  state = [(params, jax.tree.map(jnp.copy, variables["batch_stats"]), tx.init(params))]
-  key = jax.random.key(1)
-  compiled, compile_s, lowered = _compile(train_step, state[0], images, labels, key, donate=(0,))
-
-  def step():
-    state[0], loss = compiled(state[0], images, labels, key)
-    loss.block_until_ready()
-  return Runner(step, compile_s, _compiled_peak_bytes(compiled), _lowered_flops(lowered))
+  return tx, step
 
 
 def jax_apply_runner(name: str, mode: str, batch: int, resolution: int, dtype: str,
