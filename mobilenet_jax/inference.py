@@ -14,7 +14,6 @@ from typing import Any, Callable, Mapping
 
 import jax
 
-from mobilenet_jax.compute import resolve_compute
 from mobilenet_jax.models.builder import MobileNet
 from mobilenet_jax.models.fold import fold_batch_norm
 from mobilenet_jax.models.layers import ConvNormAct
@@ -30,6 +29,8 @@ def inference_function(model: MobileNet, variables: Mapping[str, Any], compute: 
   `cpu_options` (`micro_batch`, `side_by_side`, ...) are those of `cpu_inference_function`; they
   apply to the XLA:CPU engine only.
   """
+  from mobilenet_jax.compute import resolve_compute  # not at import
+
   if resolve_compute(compute) == "cpu":
     from mobilenet_jax.xla_cpu.inference import cpu_inference_function  # pylint: disable=g-import-not-at-top
     return cpu_inference_function(model, variables, **cpu_options)

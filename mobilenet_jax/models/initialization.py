@@ -36,7 +36,6 @@ from flax import linen as nn
 from jax.extend import core as jex_core
 from jax.extend.random import threefry2x32_p
 
-from mobilenet_jax.compute import run_once_compiler_options
 
 _ROOT = "root"  # the symbol of the program's key
 _FROM_KEY = "from key"  # the symbol of other values computed from it
@@ -104,6 +103,8 @@ class TracedInit:
     return self._traced.lower()
 
   def __call__(self) -> Any:
+    from mobilenet_jax.compute import run_once_compiler_options  # not at import
+
     compiled = self.lower().compile(run_once_compiler_options())
     return jax.tree.unflatten(self._treedef, self._layout.assemble(compiled()))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional
 
-from mobilenet_jax import compute as compute_lib
 from mobilenet_jax.models.builder import MobileNet
 from mobilenet_jax.models.mobilenet_v1 import MobileNetV1
 from mobilenet_jax.models.mobilenet_v2 import MobileNetV2
@@ -50,6 +49,8 @@ def create_model(name: str, compute: Optional[str] = None, **options: Any) -> Mo
     if compute is not None:
       raise ValueError("give compute or a conv_norm_act factory, not both")
   else:
+    from mobilenet_jax import compute as compute_lib  # not at import
+
     conv_norm_act = compute_lib.conv_norm_act_for("auto" if compute is None else compute)
     if conv_norm_act is not None:
       options["conv_norm_act"] = conv_norm_act
